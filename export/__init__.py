@@ -1,0 +1,1 @@
+"""usnprune's export side: semantic-perturbation ONNX models, VNNLIB properties, benchmark folders."""

@@ -1,0 +1,125 @@
+"""The one small interface every verifier backend implements.
+
+A backend turns (onnx, vnnlib, timeout) into a :class:`Verdict`. Statuses (DESIGN.md):
+
+* ``certified`` -- unsat: no (c, b) in the box moves the keypoint out of its tolerance box;
+* ``falsified`` -- sat, with the counterexample input; the driver replays it through
+  onnxruntime before it believes it (``verifier_specs.replay``);
+* ``timeout``   -- the time limit was reached;
+* ``unknown``   -- the verifier gave up (e.g. incomplete bounds were too loose);
+* ``error``     -- anything else, with the reason in ``message``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from pruner.errors import ConfigError
+
+STATUSES = ("certified", "falsified", "timeout", "unknown", "error")
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclasses.dataclass
+class Instance:
+    """One row of a benchmark folder's instances.csv."""
+
+    root: Path  # the benchmark folder
+    onnx: str  # path relative to root, exactly as in instances.csv
+    vnnlib: str
+    timeout: float
+    index: int = 0  # row number in instances.csv
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.root / self.onnx
+
+    @property
+    def vnnlib_path(self) -> Path:
+        return self.root / self.vnnlib
+
+    @property
+    def key(self) -> str:
+        """Identifies the instance within its folder (the results store keys on it)."""
+        return f"{self.onnx},{self.vnnlib}"
+
+
+@dataclasses.dataclass
+class Verdict:
+    status: str
+    time: float  # wall-clock seconds spent on this instance
+    counterexample: tuple[float, ...] | None = None  # the input X (c, b) for falsified
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown verdict status {self.status!r}")
+
+
+class Backend(abc.ABC):
+    """A verifier. Subclasses set ``name`` and implement ``verify``.
+
+    ``profile`` is the parsed YAML profile (minus ``backend:``); ``options`` are command-line
+    overrides. Backends that pay a start-up cost per process (alpha-beta-CROWN) override
+    ``run`` to verify a whole chunk in one process.
+    """
+
+    name: str = "?"
+
+    def __init__(self, profile: dict | None = None, **options: Any) -> None:
+        self.profile = dict(profile or {})
+        self.profile.update({k: v for k, v in options.items() if v is not None})
+
+    def version(self) -> str:
+        return "unknown"
+
+    def check_available(self) -> None:
+        """Raise a UsnpruneError naming what is missing when the verifier cannot run here."""
+
+    @abc.abstractmethod
+    def verify(self, instance: Instance) -> Verdict:
+        """Verify one instance within ``instance.timeout`` seconds. Never raises for a bad
+        instance: problems become ``error`` verdicts."""
+
+    def run(self, instances: Iterable[Instance], on_result: Callable[[Instance, Verdict], None]) -> None:
+        """Verify instances one after the other, reporting each as soon as it is done."""
+        for inst in instances:
+            on_result(inst, self.verify(inst))
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_backend(name_or_path: str, **options: Any) -> Backend:
+    """A backend from a profile name (``builtin``, ``abcrown``, ...) or a profile YAML path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such verifier profile")
+    else:
+        p = PROFILE_DIR / f"{name_or_path}.yaml"
+        if not p.is_file():
+            raise ConfigError(f"unknown backend {name_or_path!r} (known: {', '.join(profile_names())})")
+    try:
+        profile = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(profile, dict) or "backend" not in profile:
+        raise ConfigError(f"{p}: a verifier profile must be a mapping with a 'backend:' key")
+    module_name = str(profile.pop("backend"))
+    try:
+        module = importlib.import_module(f"verifier_specs.{module_name}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("verifier_specs"):
+            raise ConfigError(f"{p}: no verifier module verifier_specs.{module_name}") from None
+        raise
+    cls = getattr(module, "BACKEND")
+    profile.setdefault("profile_name", p.stem)
+    return cls(profile, **options)
