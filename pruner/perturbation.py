@@ -21,6 +21,14 @@ from .config import require
 IDENTITY = (1.0, 0.0)
 
 
+def check_eps(eps_c: float, eps_b: float, where: str) -> None:
+    """0 <= eps_c < 1 (the contrast must stay positive) and eps_b >= 0, else ConfigError."""
+    for name, v in (("eps_c", eps_c), ("eps_b", eps_b)):
+        require(isinstance(v, (int, float)) and bool(np.isfinite(v)), f"{where}.{name}", f"expected a finite number, got {v!r}")
+        require(v >= 0, f"{where}.{name}", f"must be >= 0, got {v}")
+    require(eps_c < 1, f"{where}.eps_c", f"must be < 1 (the contrast must stay positive), got {eps_c}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Box:
     """The (contrast, brightness) box."""
@@ -29,14 +37,10 @@ class Box:
     eps_b: float = 0.1
 
     def __post_init__(self) -> None:
-        self.check("perturbation")
+        check_eps(self.eps_c, self.eps_b, "perturbation")
 
     def check(self, where: str = "perturbation") -> None:
-        for name in ("eps_c", "eps_b"):
-            v = getattr(self, name)
-            require(isinstance(v, (int, float)) and np.isfinite(v), f"{where}.{name}", f"expected a finite number, got {v!r}")
-            require(v >= 0, f"{where}.{name}", f"must be >= 0, got {v}")
-        require(self.eps_c < 1, f"{where}.eps_c", f"must be < 1 (the contrast must stay positive), got {self.eps_c}")
+        check_eps(self.eps_c, self.eps_b, where)
 
     @property
     def lower(self) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""usnprune's driver: the command line, whole-pipeline runs, executors, results, reports."""

@@ -1,0 +1,205 @@
+"""The ``usnprune`` command line. It only parses arguments and calls the Python API.
+
+User errors (bad files, bad options) end in one line ``usnprune: error: ...`` and exit
+status 2, without a traceback; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pruner.errors import ConfigError, UsnpruneError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _positive(name: str):
+    def conv(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {s}")
+        return v
+
+    return conv
+
+
+def _count(name: str, minimum: int = 1):
+    def conv(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {s}")
+        return v
+
+    return conv
+
+
+def _box(args):
+    from pruner.perturbation import Box
+
+    return Box(args.eps_contrast, args.eps_brightness)
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def cmd_data_synth(args) -> int:
+    from pruner.data.synthetic import generate
+
+    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, force=args.force)
+    print(f"wrote a synthetic COCO-keypoints dataset to {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pruner.config import load_yaml
+    from pruner.train import TrainConfig, train
+    from pruner.config import from_dict
+
+    raw = load_yaml(args.config)
+    for key in ("data", "out"):
+        if getattr(args, key):
+            raw[key] = getattr(args, key)
+    cfg = from_dict(TrainConfig, raw, where=str(args.config))
+    metrics = train(cfg)
+    print(json.dumps(metrics, indent=2))
+    print(f"checkpoint: {Path(cfg.out) / 'model.pt'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pruner.data.coco import load_split
+    from pruner.evaluate import evaluate, metrics_table
+    from pruner.models import load_checkpoint
+
+    box = _box(args)
+    model, meta = load_checkpoint(args.checkpoint)
+    ds = load_split(args.data, args.split, model.arch.input_size)
+    res = evaluate(model, ds, deltas=args.delta, box=box, grid=args.grid)
+    df = metrics_table(res, {"checkpoint": str(args.checkpoint)})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    overall = res["overall"]
+    print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in overall.items()))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from pruner.prune import analyze, load_prune_config
+
+    cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=args.data, out=args.out,
+                            method=args.method, sparsity=args.sparsity, seed=args.seed)
+    if args.analyze_only:
+        rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.eps_c, cfg.eps_b, cfg.calibration.images,
+                       cfg.calibration.perturbations, cfg.seed)
+        for r in rows:
+            print(f"{r['layer']:>6}: {r['units']:4d} units, mean USN {r['mean_usn']:.3f}, "
+                  f"unstable {r['unstable_share']:.1%}, looseness share {r['looseness_share']:.1%}")
+        print(f"wrote {Path(cfg.out) / 'analysis.csv'} and {Path(cfg.out) / 'analysis.png'}")
+        return 0
+    from pruner.prune import prune
+
+    report = prune(cfg)
+    print(f"checkpoint: {Path(cfg.out) / 'model.pt'}; report: {Path(cfg.out) / 'report.json'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .experiment import run_experiment
+
+    run_experiment(args.experiment, force=args.force, only=args.only)
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="usnprune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("data", help="datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    s = dsub.add_parser("synth", help="generate the synthetic aircraft keypoint dataset (COCO format)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n-train", type=_count("--n-train"), default=4000)
+    s.add_argument("--n-test", type=_count("--n-test"), default=400)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=_count("--size", 16), default=32, help="image side in pixels")
+    s.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    s.set_defaults(func=cmd_data_synth)
+
+    t = sub.add_parser("train", help="train a keypoint network from a YAML config")
+    t.add_argument("--config", required=True)
+    t.add_argument("--data", help="override the config's data folder")
+    t.add_argument("--out", help="override the config's output folder")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="clean and empirically robust keypoint metrics")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True, help="dataset folder")
+    e.add_argument("--split", default="test")
+    _add_box_args(e)
+    e.add_argument("--delta", type=_positive("--delta"), nargs="+", default=[1.0, 2.0], help="tolerances in px")
+    e.add_argument("--grid", type=_count("--grid", 2), default=11, help="grid points per axis of the box")
+    e.add_argument("--out", help="CSV file for the per-keypoint table")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("prune", help="prune a network (USN, USN + Wasserstein, or a baseline)")
+    pr.add_argument("--config", required=True, help="prune YAML (see docs/cli.md)")
+    pr.add_argument("--checkpoint", help="override: the dense network")
+    pr.add_argument("--data", help="override: dataset folder")
+    pr.add_argument("--out", help="override: output folder")
+    pr.add_argument("--method", help="override: none, random, magnitude, activation, usn, usn_w")
+    pr.add_argument("--sparsity", type=float, help="override: share of units removed, in [0, 1)")
+    pr.add_argument("--seed", type=int, help="override: seed")
+    pr.add_argument("--analyze-only", action="store_true", help="write the per-layer USN/stability analysis only")
+    pr.set_defaults(func=cmd_prune)
+
+    r = sub.add_parser("run", help="run an experiment YAML end to end")
+    r.add_argument("experiment")
+    r.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
+    r.add_argument("--only", nargs="+", help="run only these stages")
+    r.set_defaults(func=cmd_run)
+
+    return p
+
+
+def _add_box_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps-contrast", type=float, default=0.1, help="contrast c in [1-eps, 1+eps]")
+    p.add_argument("--eps-brightness", type=float, default=0.1, help="brightness b in [-eps, eps]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsnpruneError as e:
+        msg = " ".join(str(e).split("\n"))
+        print(f"usnprune: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("usnprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

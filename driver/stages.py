@@ -1,0 +1,191 @@
+"""The stages of ``usnprune run``: one function and one section type per stage.
+
+Each stage reads what the stages before it wrote under the experiment's ``out`` folder and
+writes into ``<out>/<stage>/``. Stages that produce many items (a network per seed, a pruned
+network per method x sparsity x seed) skip items that are already complete, so an
+interrupted run continues; ``--force`` redoes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pruner.config import ConfigError, from_dict, require
+
+STAGES = ("data", "train", "eval", "prune", "export", "verify", "report")
+
+
+@dataclasses.dataclass
+class SynthSection:
+    n_train: int = 4000
+    n_test: int = 400
+    seed: int = 0
+    size: int = 32
+
+
+@dataclasses.dataclass
+class DataSection:
+    synth: SynthSection | None = None  # generate the synthetic dataset into <out>/data
+    path: str | None = None  # or use an existing COCO-keypoints folder
+
+    def check(self, where: str) -> None:
+        require((self.synth is None) != (self.path is None), where, "give exactly one of 'synth' or 'path'")
+
+
+@dataclasses.dataclass
+class EvalSection:
+    eps_c: float = 0.1
+    eps_b: float = 0.1
+    deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
+    grid: int = 11
+
+    def check(self, where: str) -> None:
+        from pruner.perturbation import check_eps
+
+        check_eps(self.eps_c, self.eps_b, where)
+        for d in self.deltas:
+            require(d > 0, f"{where}.deltas", f"every delta must be > 0, got {d}")
+        require(self.grid >= 2, f"{where}.grid", f"must be >= 2, got {self.grid}")
+
+
+@dataclasses.dataclass
+class Context:
+    """What the stages of one experiment share."""
+
+    out: Path
+    sections: dict[str, Any]
+    seeds: list[int]
+    force: bool = False
+    log: Callable[[str], None] = print
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+    @property
+    def data_dir(self) -> Path:
+        sec: DataSection = self.sections["data"]
+        return Path(sec.path) if sec.path else self.out / "data"
+
+    def dense_checkpoint(self, seed: int) -> Path:
+        return self.out / "train" / f"seed{seed}" / "model.pt"
+
+    @property
+    def input_size(self) -> int | None:
+        sec: DataSection = self.sections["data"]
+        return sec.synth.size if sec.synth is not None else None
+
+
+# ---- stages -------------------------------------------------------------------------
+
+
+def stage_data(ctx: Context, sec: DataSection) -> None:
+    if sec.path:
+        if not Path(sec.path).is_dir():
+            raise ConfigError(f"data.path: {sec.path} is not a folder")
+        return
+    from pruner.data.synthetic import generate
+
+    s = sec.synth
+    generate(ctx.out / "data", n_train=s.n_train, n_test=s.n_test, seed=s.seed, size=s.size, force=True)
+
+
+def stage_train(ctx: Context, sec: dict) -> None:
+    """One dense network per seed (resumable: a seed whose checkpoint exists is skipped)."""
+    from pruner.train import TrainConfig, train
+
+    for seed in ctx.seeds:
+        if ctx.dense_checkpoint(seed).is_file() and not ctx.force:
+            ctx.log(f"  seed {seed}: {ctx.dense_checkpoint(seed)} exists")
+            continue
+        raw = dict(sec, seed=seed, data=str(ctx.data_dir), out=str(ctx.dense_checkpoint(seed).parent))
+        if ctx.input_size is not None:
+            raw.setdefault("input_size", ctx.input_size)
+        cfg = from_dict(TrainConfig, raw, where="train")
+        metrics = train(cfg, log=ctx.log)
+        ctx.log(f"  seed {seed}: dense network, clean {_fmt_metrics(metrics['test'])}")
+
+
+def stage_eval(ctx: Context, sec: EvalSection) -> None:
+    from pruner.data.coco import load_split
+    from pruner.evaluate import evaluate, metrics_table
+    from pruner.models import load_checkpoint
+    from pruner.perturbation import Box
+
+    out = ctx.stage_dir("eval")
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in ctx.seeds:
+        model, _ = load_checkpoint(ctx.dense_checkpoint(seed))
+        ds = load_split(ctx.data_dir, "test", model.arch.input_size)
+        res = evaluate(model, ds, deltas=sec.deltas, box=Box(sec.eps_c, sec.eps_b), grid=sec.grid)
+        metrics_table(res, {"network": "dense", "seed": seed}).to_csv(out / f"dense_seed{seed}_keypoints.csv", index=False)
+        (out / f"dense_seed{seed}.json").write_text(json.dumps(res["overall"], indent=2))
+        ctx.log(f"  seed {seed}: dense network under eps_c={sec.eps_c}, eps_b={sec.eps_b}: {_fmt_metrics(res['overall'])}")
+
+
+def _fmt_metrics(m: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if "pck" in k or k == "mean_error_px")
+
+
+@dataclasses.dataclass
+class PruneSection:
+    """Every method x sparsity x seed; other keys are PruneConfig keys shared by all runs."""
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["none", "random", "magnitude", "activation", "usn", "usn_w"])
+    sparsities: list[float] = dataclasses.field(default_factory=lambda: [0.5])
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        from pruner.prune import METHODS
+
+        for m in self.methods:
+            require(m in METHODS, f"{where}.methods", f"{m!r} is not one of {', '.join(METHODS)}")
+        for p in self.sparsities:
+            require(0.0 <= p < 1.0, f"{where}.sparsities", f"every sparsity must be in [0, 1), got {p}")
+        bad = {"checkpoint", "data", "out", "method", "sparsity", "seed"} & set(self.options)
+        require(not bad, f"{where}.options", f"{', '.join(sorted(bad))} are set by the experiment")
+
+
+def prune_runs(ctx: Context, sec: PruneSection) -> list[tuple[str, float, int, Path]]:
+    """(method, sparsity, seed, folder) of every pruned network, in a stable order."""
+    runs = []
+    for seed in ctx.seeds:
+        for m in sec.methods:
+            for p in ([0.0] if m == "none" else sec.sparsities):
+                runs.append((m, p, seed, ctx.stage_dir("prune") / f"{m}-{p:g}-seed{seed}"))
+    return runs
+
+
+def stage_prune(ctx: Context, sec: PruneSection) -> None:
+    import pandas as pd
+
+    from pruner.prune import PruneConfig, prune
+
+    rows = []
+    for method, sparsity, seed, folder in prune_runs(ctx, sec):
+        report_path = folder / "report.json"
+        if report_path.is_file() and (folder / "model.pt").is_file() and not ctx.force:
+            report = json.loads(report_path.read_text())
+        else:
+            raw = dict(sec.options, checkpoint=str(ctx.dense_checkpoint(seed)), data=str(ctx.data_dir),
+                       out=str(folder), method=method, sparsity=sparsity, seed=seed)
+            cfg = from_dict(PruneConfig, raw, where="prune.options")
+            report = prune(cfg, log=ctx.log)
+        rows.append({"method": method, "sparsity": sparsity, "seed": seed, "folder": str(folder),
+                     "units": report["units_after"], "parameters": report["parameters"],
+                     "flops": report["flops"], "fidelity_px": report["fidelity_px"],
+                     "prune_seconds": report["prune_seconds"], **report["test"]})
+    pd.DataFrame(rows).to_csv(ctx.stage_dir("prune") / "summary.csv", index=False)
+
+
+# Each entry: (section type or None for a free mapping passed to the stage, runner).
+STAGE_TABLE: dict[str, tuple[Any, Callable]] = {
+    "data": (DataSection, stage_data),
+    "train": (None, stage_train),
+    "eval": (EvalSection, stage_eval),
+    "prune": (PruneSection, stage_prune),
+}
+
+

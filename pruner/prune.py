@@ -1,0 +1,363 @@
+"""Progressive structured pruning: USN (with and without the Wasserstein term) and baselines.
+
+One schedule for every method, so they get the same budget. With ``steps`` S and target
+sparsity p (share of all prunable units removed), step s = 1..S:
+
+1. score the units with the method's importance (re-scored every step);
+2. train ``reg_epochs`` epochs: for ``usn`` with gates and ``lambda_s * sum (1-USN_j)|g_j|``,
+   for ``usn_w`` additionally ``lambda_w * W1(G, T_q)`` with q the share of the current
+   units this step removes; baselines train plainly for the same epochs;
+3. remove units up to a cumulative ``round(p * s / S * N)`` of the original N (gated methods
+   rank by ``USN_j * |g_j|``: a unit goes when its USN is low or the regularizers drove its
+   gate to zero; gates are folded into the weights first);
+4. fine-tune ``finetune_epochs`` epochs without regularizers.
+
+A final fine-tune of ``final_epochs`` follows. ``none`` (the unpruned baseline) runs the
+same epochs without removing anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from . import perturbation
+from .config import from_dict, require, to_dict
+from .errors import ConfigError
+from .importance import Calibration, get_importance, make_calibration
+from .importance.usn import USNImportance
+from .models import KeypointNet, count_flops, count_parameters, file_hash, load_checkpoint, save_checkpoint
+from .surgery import keep_from_remove, prune_units
+from .train import AugmentConfig, OptimConfig, fit, label_mask, resolve_device, seed_everything
+from .wasserstein import pooled, usn_gate_penalty, w1_to_target
+
+METHODS = ("none", "random", "magnitude", "activation", "usn", "usn_w")
+GATED = ("usn", "usn_w")
+
+
+@dataclasses.dataclass
+class CalibrationConfig:
+    images: int = 64
+    perturbations: int = 16  # identity and the four corners included
+
+    def check(self, where: str) -> None:
+        require(self.images >= 1, f"{where}.images", f"the calibration set must not be empty (got {self.images})")
+        require(self.perturbations >= 5, f"{where}.perturbations", f"must be >= 5 (identity and corners), got {self.perturbations}")
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    steps: int = 3
+    reg_epochs: int = 2  # per step: training with the method's regularizers
+    finetune_epochs: int = 1  # per step: after removal
+    final_epochs: int = 2  # after the last step
+    lambda_s: float = 2e-4  # weight of sum (1 - USN_j) |g_j|
+    lambda_w: float = 0.05  # weight of W1(G, T_p) (usn_w only)
+
+    def check(self, where: str) -> None:
+        require(self.steps >= 1, f"{where}.steps", f"must be >= 1, got {self.steps}")
+        for k in ("reg_epochs", "finetune_epochs", "final_epochs"):
+            require(getattr(self, k) >= 0, f"{where}.{k}", "must be >= 0")
+        require(self.lambda_s >= 0, f"{where}.lambda_s", "must be >= 0")
+        require(self.lambda_w >= 0, f"{where}.lambda_w", "must be >= 0")
+
+
+@dataclasses.dataclass
+class PruneConfig:
+    checkpoint: str  # the dense network
+    data: str  # dataset folder
+    out: str  # output folder
+    method: Literal["none", "random", "magnitude", "activation", "usn", "usn_w"] = "usn_w"
+    sparsity: float = 0.5  # share of prunable units removed
+    ranking: Literal["global", "layer"] = "global"
+    min_keep: int = 1  # units every layer keeps (global ranking)
+    eps_c: float = 0.1  # the box USN is scored on
+    eps_b: float = 0.1
+    bound_weight: float = 0.0  # weight of the bound-based stability term in USN (0 = off)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(lr=1e-3, schedule="constant", warmup_epochs=0))
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    seed: int = 0
+    device: str = "cpu"
+    max_train: int | None = None
+    eval_deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
+    eval_grid: int = 11
+
+    def check(self, where: str) -> None:
+        require(0.0 <= self.sparsity < 1.0, f"{where}.sparsity", f"must be in [0, 1), got {self.sparsity}")
+        require(self.min_keep >= 1, f"{where}.min_keep", f"a layer must keep at least one unit, got {self.min_keep}")
+        perturbation.check_eps(self.eps_c, self.eps_b, where)
+        require(0.0 <= self.bound_weight <= 1.0, f"{where}.bound_weight", f"must be in [0, 1], got {self.bound_weight}")
+        for d in self.eval_deltas:
+            require(d > 0, f"{where}.eval_deltas", f"every delta must be > 0, got {d}")
+
+
+def load_prune_config(path: str, **overrides) -> PruneConfig:
+    from .config import load_yaml
+
+    raw = load_yaml(path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(PruneConfig, raw, where=str(path))
+
+
+# ---- choosing units -------------------------------------------------------------------
+
+
+def select_removal(scores: dict[str, np.ndarray], n_remove: dict[str, int] | int, ranking: str = "global",
+                   min_keep: int = 1, comparable: bool = True) -> dict[str, np.ndarray]:
+    """Indices to remove per layer: the lowest-scored units.
+
+    ``global``: ``n_remove`` (an int) units across all layers; scores of layers are made
+    comparable by dividing by the layer mean unless ``comparable``; no layer drops below
+    ``min_keep``. ``layer``: ``n_remove`` is a per-layer dict of counts.
+    """
+    widths = {n: len(s) for n, s in scores.items()}
+    if ranking == "layer":
+        out = {}
+        for n, s in scores.items():
+            k = int(n_remove.get(n, 0)) if isinstance(n_remove, dict) else int(n_remove)
+            if widths[n] - k < 1:
+                raise ConfigError(f"layer {n} would keep {widths[n] - k} units; every layer must keep at least one")
+            out[n] = np.sort(np.argsort(s, kind="stable")[:k])
+        return out
+    total = int(n_remove)
+    capacity = sum(max(0, w - min_keep) for w in widths.values())
+    if total > capacity:
+        raise ConfigError(
+            f"cannot remove {total} units while every layer keeps min_keep={min_keep} "
+            f"(at most {capacity} are removable); lower the sparsity or min_keep"
+        )
+    flat = []
+    for n, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if not comparable:
+            mean = float(np.mean(np.abs(s)))
+            s = s / mean if mean > 0 else s
+        flat += [(float(v), n, j) for j, v in enumerate(s)]
+    flat.sort(key=lambda t: (t[0], t[1], t[2]))
+    left = dict(widths)
+    out: dict[str, list[int]] = {n: [] for n in scores}
+    for v, n, j in flat:
+        if total == 0:
+            break
+        if left[n] > min_keep:
+            out[n].append(j)
+            left[n] -= 1
+            total -= 1
+    return {n: np.sort(np.asarray(v, dtype=np.int64)) for n, v in out.items()}
+
+
+def step_targets(widths0: dict[str, int], sparsity: float, steps: int, ranking: str) -> list:
+    """Cumulative removal targets after each step (an int, or a per-layer dict)."""
+    n0 = sum(widths0.values())
+    out = []
+    for s in range(1, steps + 1):
+        frac = sparsity * s / steps
+        if ranking == "global":
+            out.append(int(round(frac * n0)))
+        else:
+            out.append({n: int(round(frac * w)) for n, w in widths0.items()})
+    return out
+
+
+# ---- the schedule ---------------------------------------------------------------------
+
+
+def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps: torch.Tensor, train_mask: torch.Tensor,
+                      cfg: PruneConfig, log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
+    """Run the schedule; returns the pruned network (gates folded) and one row per step."""
+    gen = seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    sch = cfg.schedule
+    widths0 = model.widths()
+    n0 = sum(widths0.values())
+    targets = step_targets(widths0, cfg.sparsity, sch.steps, cfg.ranking)
+    removed_total = {n: 0 for n in widths0}
+    model = model.to(device)
+    history = []
+    importance = get_importance("usn", bound_weight=cfg.bound_weight) if cfg.method in GATED else (
+        get_importance(cfg.method) if cfg.method != "none" else None)
+    for s, target in enumerate(targets, start=1):
+        t0 = time.perf_counter()
+        calib = make_calibration(train_images, box, cfg.calibration.images, cfg.calibration.perturbations, cfg.seed * 1000 + s)
+        widths = model.widths()
+        # how many units this step removes
+        if cfg.ranking == "global":
+            n_now = target - sum(removed_total.values())
+            per_layer = None
+        else:
+            per_layer = {n: target[n] - removed_total[n] for n in widths}
+            n_now = sum(per_layer.values())
+        if cfg.method == "none":
+            n_now = 0
+        row = {"step": s, "units_before": sum(widths.values()), "removed": n_now}
+        # 1-2: score and regularized training
+        extra_loss, extra_params = None, None
+        if cfg.method in GATED:
+            usn = {n: torch.as_tensor(v, dtype=torch.float32, device=device) for n, v in importance(model, calib).items()}
+            gates = model.enable_gates()
+            q = n_now / max(1, sum(widths.values()))
+            lam_s, lam_w = sch.lambda_s, (sch.lambda_w if cfg.method == "usn_w" else 0.0)
+
+            def extra_loss(m, usn=usn, q=q, lam_s=lam_s, lam_w=lam_w):
+                g = dict(m.gate_params.items())
+                loss = lam_s * usn_gate_penalty(g, usn)
+                if lam_w > 0:
+                    loss = loss + lam_w * w1_to_target(pooled(g), q)
+                return loss
+
+            extra_params = list(gates.values())
+        fit(model, train_images, train_kps, train_mask, _epochs(cfg.optim, sch.reg_epochs), cfg.augment, gen, device,
+            extra_loss=extra_loss, extra_params=extra_params, desc=f"{cfg.method} step {s}/{sch.steps}: regularize")
+        # 3: remove
+        if n_now > 0:
+            if cfg.method in GATED:
+                g_abs = {n: p.detach().abs().cpu().numpy() for n, p in model.gate_params.items()}
+                row["w1"] = float(w1_to_target(pooled({n: p.detach() for n, p in model.gate_params.items()}), q))
+                model.fold_gates()
+                usn_now = importance(model, calib)
+                scores = {n: usn_now[n] * g_abs[n] for n in usn_now}
+                comparable = True
+            else:
+                scores = importance(model, calib)
+                comparable = importance.comparable
+            remove = select_removal(scores, per_layer if per_layer is not None else n_now, cfg.ranking,
+                                    cfg.min_keep, comparable)
+            model = prune_units(model, keep_from_remove(widths, remove)).to(device)
+            for n, r in remove.items():
+                removed_total[n] += len(r)
+        elif model.has_gates():
+            model.fold_gates()
+        # 4: fine-tune
+        fit(model, train_images, train_kps, train_mask, _epochs(cfg.optim, sch.finetune_epochs), cfg.augment, gen, device,
+            desc=f"{cfg.method} step {s}/{sch.steps}: fine-tune")
+        row.update({"units_after": sum(model.widths().values()), "seconds": round(time.perf_counter() - t0, 2)})
+        history.append(row)
+        log(f"  step {s}/{sch.steps}: {row['units_before']} -> {row['units_after']} units ({row['seconds']} s)")
+    fit(model, train_images, train_kps, train_mask, _epochs(cfg.optim, sch.final_epochs), cfg.augment, gen, device,
+        desc=f"{cfg.method}: final fine-tune")
+    model.cpu().eval()
+    assert sum(model.widths().values()) == n0 - (0 if cfg.method == "none" else sum(removed_total.values()))
+    return model, history
+
+
+def _epochs(optim: OptimConfig, epochs: int) -> OptimConfig:
+    return dataclasses.replace(optim, epochs=epochs)
+
+
+# ---- the command ----------------------------------------------------------------------
+
+
+def layer_table(dense: KeypointNet, pruned: KeypointNet) -> list[dict]:
+    before, after = dense.widths(), pruned.widths()
+    return [{"layer": n, "units_before": before[n], "units_after": after[n],
+             "removed_share": 1 - after[n] / before[n]} for n in before]
+
+
+def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
+    """Prune ``cfg.checkpoint``; writes ``out/model.pt``, ``out/report.json``, ``out/layers.csv``."""
+    import pandas as pd
+
+    from .data.coco import load_split
+    from .evaluate import evaluate, predict
+
+    dense, meta = load_checkpoint(cfg.checkpoint)
+    if not dense.widths():
+        raise ConfigError(f"{cfg.checkpoint}: the network has no prunable layer")
+    size = dense.arch.input_size
+    train_ds = load_split(cfg.data, "train", size)
+    if cfg.max_train is not None and cfg.max_train < len(train_ds):
+        train_ds = train_ds.subset(np.arange(cfg.max_train))
+    test_ds = load_split(cfg.data, "test", size)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"pruning {cfg.checkpoint} with {cfg.method} to sparsity {cfg.sparsity:g} ({cfg.ranking} ranking)")
+    t0 = time.perf_counter()
+    pruned, history = progressive_prune(
+        dense, torch.as_tensor(train_ds.images), torch.as_tensor(train_ds.keypoints),
+        torch.as_tensor(label_mask(train_ds)), cfg, log)
+    seconds = time.perf_counter() - t0
+    dense, _ = load_checkpoint(cfg.checkpoint)  # progressive_prune trained the object in place
+    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    res = evaluate(pruned, test_ds, deltas=cfg.eval_deltas, box=box, grid=cfg.eval_grid)
+    fidelity = float(np.linalg.norm(predict(pruned, test_ds.images) - predict(dense, test_ds.images), axis=-1).mean())
+    units0, units1 = sum(dense.widths().values()), sum(pruned.widths().values())
+    report = {
+        "method": cfg.method,
+        "sparsity": cfg.sparsity,
+        "seed": cfg.seed,
+        "dense_checkpoint": str(cfg.checkpoint),
+        "dense_hash": file_hash(cfg.checkpoint),
+        "units_before": units0,
+        "units_after": units1,
+        "unit_sparsity": 1 - units1 / units0,
+        "parameters_before": count_parameters(dense),
+        "parameters": count_parameters(pruned),
+        "parameter_sparsity": 1 - count_parameters(pruned) / count_parameters(dense),
+        "flops_before": count_flops(dense.arch),
+        "flops": count_flops(pruned.arch),
+        "fidelity_px": fidelity,
+        "widths": pruned.widths(),
+        "prune_seconds": round(seconds, 2),
+        "steps": history,
+        "test": res["overall"],
+        "config": to_dict(cfg),
+    }
+    new_meta = dict(meta, method=cfg.method, sparsity=cfg.sparsity, seed=cfg.seed, dense_hash=report["dense_hash"],
+                    prune_config=to_dict(cfg))
+    save_checkpoint(out / "model.pt", pruned, new_meta)
+    pd.DataFrame(layer_table(dense, pruned)).to_csv(out / "layers.csv", index=False)
+    from .evaluate import metrics_table
+
+    metrics_table(res, {"method": cfg.method, "sparsity": cfg.sparsity}).to_csv(out / "keypoints.csv", index=False)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    log(f"  {cfg.method} @ {cfg.sparsity:g}: {units1}/{units0} units, {report['parameters']:,} parameters, "
+        f"fidelity {fidelity:.3f} px, " + ", ".join(f"{k} {v:.3f}" for k, v in res["overall"].items() if "pck" in k))
+    return report
+
+
+def analyze(checkpoint: str, data: str, out: str, eps_c: float = 0.1, eps_b: float = 0.1, images: int = 64,
+            perturbations: int = 16, seed: int = 0) -> list[dict]:
+    """The layer analysis (``usnprune prune --analyze-only``): CSV + plot."""
+    import pandas as pd
+
+    from .data.coco import load_split
+    from .importance import layer_analysis
+
+    model, _ = load_checkpoint(checkpoint)
+    ds = load_split(data, "train", model.arch.input_size)
+    calib = make_calibration(ds.images, perturbation.Box(eps_c, eps_b), images, perturbations, seed)
+    rows = layer_analysis(model, calib)
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(o / "analysis.csv", index=False)
+    _plot_analysis(df, o / "analysis.png")
+    return rows
+
+
+def _plot_analysis(df, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, col, title in zip(axes, ("mean_usn", "unstable_share", "looseness_share"),
+                              ("mean USN", "share of unstable ReLUs", "share of bound looseness")):
+        ax.bar(df["layer"], df[col], color="#4477aa")
+        ax.set_title(title)
+        ax.set_ylim(0, max(1.0, float(df[col].max()) * 1.05))
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

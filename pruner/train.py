@@ -1,0 +1,243 @@
+"""Training keypoint regressors, with brightness/contrast augmentation.
+
+``fit`` is the one training loop: plain training, the pruning schedule's regularized
+training and its fine-tuning all go through it (the pruning side passes ``extra_loss``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import perturbation
+from .config import from_dict, require, to_dict
+from .models import KeypointNet, arch_from, count_parameters, save_checkpoint
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Brightness/contrast augmentation: one uniform (c, b) per image from this box."""
+
+    eps_c: float = 0.2
+    eps_b: float = 0.2
+    prob: float = 1.0  # share of images in a batch that get perturbed
+
+    def check(self, where: str) -> None:
+        perturbation.check_eps(self.eps_c, self.eps_b, where)
+        require(0.0 <= self.prob <= 1.0, f"{where}.prob", f"must be in [0, 1], got {self.prob}")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.5
+
+    def check(self, where: str) -> None:
+        require(self.epochs >= 0, f"{where}.epochs", f"must be >= 0, got {self.epochs}")
+        require(self.batch_size >= 1, f"{where}.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"{where}.lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"{where}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.warmup_epochs >= 0, f"{where}.warmup_epochs", "must be >= 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str  # dataset folder (COCO-keypoints layout, see docs/dataset.md)
+    out: str  # output folder: model.pt, train_metrics.json, history.csv
+    arch: Any = "large"  # registry name (tiny, small, medium, large, xlarge) or a mapping
+    input_size: int = 32
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    seed: int = 0
+    device: str = "cpu"
+    max_train: int | None = None  # use at most this many training samples
+    eval_deltas: list[float] = dataclasses.field(default_factory=lambda: [1.0, 2.0])
+
+    def check(self, where: str) -> None:
+        require(self.input_size >= 8, f"{where}.input_size", f"must be >= 8, got {self.input_size}")
+        require(self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
+                f"{where}.device", f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
+        for d in self.eval_deltas:
+            require(d > 0, f"{where}.eval_deltas", f"every delta must be > 0, got {d}")
+        if self.max_train is not None:
+            require(self.max_train >= 1, f"{where}.max_train", "must be >= 1")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+def label_mask(ds) -> np.ndarray:
+    """Keypoints with a location (COCO flag >= 1: visible or occluded but labelled)."""
+    return np.asarray(ds.flags) >= 1
+
+
+def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, size: float) -> torch.Tensor:
+    """Smooth-L1 in units of the image size over labelled keypoints.
+
+    ``pred``: ``[n, 2K]``; ``target``: ``[n, K, 2]``; ``mask``: ``[n, K]``.
+    """
+    p = pred.view(pred.shape[0], -1, 2)
+    err = nn.functional.smooth_l1_loss(p / size, target / size, reduction="none", beta=0.01).sum(-1)
+    m = mask.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def lr_at(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier on the base learning rate."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    return 0.1 ** int(t * 3)  # step: /10 at 1/3 and 2/3
+
+
+def fit(
+    model: KeypointNet,
+    images: torch.Tensor,
+    keypoints: torch.Tensor,
+    mask: torch.Tensor,
+    optim: OptimConfig,
+    augment: AugmentConfig | None,
+    generator: torch.Generator,
+    device: torch.device = torch.device("cpu"),
+    extra_loss: Callable[[KeypointNet], torch.Tensor] | None = None,
+    extra_params: list[nn.Parameter] | None = None,
+    desc: str = "train",
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place; returns one history row per epoch.
+
+    ``extra_loss(model)`` is added to every batch's task loss (the pruning regularizers);
+    ``extra_params`` are optimized too (the gates) without weight decay.
+    """
+    model.to(device).train()
+    n = images.shape[0]
+    size = float(model.arch.input_size)
+    params = [p for name, p in model.named_parameters() if not name.startswith("gate_params")]
+    groups = [{"params": params, "weight_decay": optim.weight_decay}]
+    if extra_params:
+        groups.append({"params": list(extra_params), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=optim.lr)
+    steps_per_epoch = max(1, math.ceil(n / optim.batch_size))
+    total = optim.epochs * steps_per_epoch
+    warmup = int(optim.warmup_epochs * steps_per_epoch)
+    box = perturbation.Box(augment.eps_c, augment.eps_b) if augment else None
+    history: list[dict] = []
+    step = 0
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+               disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
+    for epoch in range(optim.epochs):
+        perm = torch.randperm(n, generator=generator)
+        sums = {"loss": 0.0, "task": 0.0, "extra": 0.0}
+        for i in range(0, n, optim.batch_size):
+            idx = perm[i : i + optim.batch_size]
+            x = images[idx].to(device)
+            if box is not None:
+                xa = perturbation.augment(x, box, generator)
+                if augment.prob < 1.0:
+                    keep = (torch.rand(len(idx), generator=generator) >= augment.prob).to(device)
+                    xa = torch.where(keep.view(-1, 1, 1, 1), x, xa)
+                x = xa
+            for g in opt.param_groups:
+                g["lr"] = optim.lr * lr_at(step, total, warmup, optim.schedule)
+            task = keypoint_loss(model(x), keypoints[idx].to(device), mask[idx].to(device), size)
+            extra = extra_loss(model) if extra_loss is not None else torch.zeros((), device=device)
+            loss = task + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            w = len(idx) / n
+            sums["loss"] += float(loss) * w
+            sums["task"] += float(task) * w
+            sums["extra"] += float(extra) * w
+            step += 1
+            bar.update(1)
+        row = {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        bar.set_postfix(loss=f"{sums['task']:.4f}")
+        if on_epoch:
+            on_epoch(epoch, row)
+    bar.close()
+    model.eval()
+    return history
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Train a network as configured; writes ``out/model.pt`` and ``out/train_metrics.json``."""
+    from .data.coco import load_split
+    from .evaluate import evaluate
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    train_ds = load_split(cfg.data, "train", cfg.input_size)
+    if cfg.max_train is not None and cfg.max_train < len(train_ds):
+        train_ds = train_ds.subset(np.arange(cfg.max_train))
+    test_ds = load_split(cfg.data, "test", cfg.input_size)
+    arch = arch_from(cfg.arch, input_size=cfg.input_size, num_keypoints=len(train_ds.keypoint_names), where="train.arch")
+    model = KeypointNet(arch)
+    images = torch.as_tensor(train_ds.images)
+    kps = torch.as_tensor(train_ds.keypoints)
+    mask = torch.as_tensor(label_mask(train_ds))
+    log(f"training {arch.name} ({count_parameters(model):,} parameters) on {len(train_ds)} images, "
+        f"{cfg.optim.epochs} epochs")
+    t0 = time.perf_counter()
+    history = fit(model, images, kps, mask, cfg.optim, cfg.augment, gen, device, desc=f"train {arch.name}")
+    seconds = time.perf_counter() - t0
+    model.cpu()
+    clean = evaluate(model, test_ds, deltas=cfg.eval_deltas, box=None)
+    meta = {
+        "keypoint_names": list(train_ds.keypoint_names),
+        "skeleton": [list(s) for s in getattr(train_ds, "skeleton", []) or []],
+        "train_config": to_dict(cfg),
+        "dataset": str(cfg.data),
+        "seed": cfg.seed,
+        "method": "dense",
+        "sparsity": 0.0,
+    }
+    save_checkpoint(out / "model.pt", model, meta)
+    metrics = {
+        "arch": arch.name,
+        "parameters": count_parameters(model),
+        "train_seconds": round(seconds, 2),
+        "final_loss": history[-1]["task"] if history else None,
+        "test": clean["overall"],
+    }
+    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    import pandas as pd
+
+    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    return metrics
+
+
+def load_train_config(path: str) -> TrainConfig:
+    from .config import load_yaml
+
+    return from_dict(TrainConfig, load_yaml(path), where=str(path))
