@@ -118,6 +118,24 @@ def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "") -> onnx.
     return model
 
 
+def with_image(template: onnx.ModelProto, image: np.ndarray) -> onnx.ModelProto:
+    """The same (simplified) graph with another image in the front weights.
+
+    Only the ``front_W`` initializer depends on the image, so one simplified graph serves
+    every image of a network; callers still parity-check each model.
+    """
+    img = np.asarray(image, dtype=np.float32).reshape(-1)
+    m = onnx.ModelProto()
+    m.CopyFrom(template)
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "front_W":
+            if tuple(t.dims) != (2, img.size):
+                raise ExportError(f"image has {img.size} pixels, the model expects {t.dims[1]}")
+            m.graph.initializer[i].CopyFrom(_init("front_W", np.stack([img, np.ones_like(img)])))
+            return m
+    raise ExportError("the template model has no front_W initializer (was it simplified away?)")
+
+
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxsim, then pin opset and IR version again (simplifiers may raise them)."""
     import onnxsim

@@ -1,0 +1,270 @@
+"""VNN-COMP benchmark folders: (checkpoints, images, box, tolerance) -> a folder anyone can run.
+
+Layout (docs/formats.md)::
+
+    BENCH/
+      onnx/<category>/img<id>.onnx     one model per (network, pool image)
+      vnnlib/<category>/img<id>_kp<k>_<name>_d<delta>.vnnlib[.gz]
+      instances.csv                    onnx,vnnlib,timeout (relative paths, no header)
+      manifest.csv                     instance -> network, image, keypoint, delta, box, reference, ...
+      benchmark.json                   what generate_properties.py needs, and the files usnprune wrote
+      properties.npz                   pool images' ground truth, flags and clean predictions
+      generate_properties.py           python generate_properties.py <seed>  (numpy + onnx only)
+      README.md
+
+The folder is built in a temporary sibling and renamed into place, so an interrupted export
+never leaves a folder that looks complete. An existing folder is only written into with
+``force``; then only files an earlier export wrote (listed in its benchmark.json) are
+replaced, never anything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from pruner import __version__, perturbation
+from pruner.config import require
+from pruner.errors import UsnpruneError
+
+from . import onnx_model
+from .templates import generate_properties as gp
+
+MARKER = "benchmark.json"
+
+
+class BenchmarkError(UsnpruneError):
+    """The benchmark folder cannot be written as asked."""
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    checkpoints: list[str]
+    data: str
+    out: str
+    categories: list[str] | None = None  # names, one per checkpoint (default: from the checkpoint)
+    eps_c: float = 0.1
+    eps_b: float = 0.1
+    deltas: list[float] = dataclasses.field(default_factory=lambda: [2.0])
+    images: int = 20  # images verified (chosen from the pool by the seed)
+    pool: int | None = None  # images exported (default: 2 x images, at most the test split)
+    timeout: float = 60.0
+    seed: int = 0
+    reference: Literal["gt", "prediction"] = "gt"
+    gzip: bool = False
+    skip_violated: bool = False  # leave out instances already violated at the identity
+    split: str = "test"
+    force: bool = False
+
+    def check(self, where: str = "export") -> None:
+        perturbation.check_eps(self.eps_c, self.eps_b, where)
+        require(len(self.deltas) >= 1, f"{where}.deltas", "give at least one delta")
+        for d in self.deltas:
+            require(d > 0, f"{where}.delta", f"must be > 0, got {d}")
+        require(self.images >= 1, f"{where}.images", f"must be >= 1, got {self.images}")
+        require(self.pool is None or self.pool >= self.images, f"{where}.pool", "must be >= images")
+        require(self.timeout > 0, f"{where}.timeout", f"must be > 0, got {self.timeout}")
+        require(len(self.checkpoints) >= 1, f"{where}.checkpoints", "give at least one checkpoint")
+        if self.categories is not None:
+            require(len(self.categories) == len(self.checkpoints), f"{where}.categories",
+                    "give one category name per checkpoint")
+            require(len(set(self.categories)) == len(self.categories), f"{where}.categories", "names repeat")
+
+
+def category_name(meta: dict, fallback: str) -> str:
+    method = meta.get("method")
+    if method in (None, "dense"):
+        return f"dense-seed{meta['seed']}" if "seed" in meta else fallback
+    return f"{method}-{float(meta.get('sparsity', 0)):g}-seed{meta.get('seed', 0)}"
+
+
+def _prepare_target(out: Path, force: bool) -> list[str]:
+    """Check the output folder; returns files an earlier export wrote (to be replaced)."""
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"{out}: exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return []
+    marker = out / MARKER
+    ours = []
+    if marker.is_file():
+        try:
+            ours = list(json.loads(marker.read_text()).get("files", []))
+        except (ValueError, OSError):
+            ours = []
+    if not force:
+        what = "an earlier benchmark" if marker.is_file() else "other content"
+        raise BenchmarkError(f"{out}: folder exists with {what}; pass --force to write into it "
+                             f"(only files usnprune wrote are replaced)")
+    return ours
+
+
+def _writable_parent(out: Path) -> Path:
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".usnprune-probe-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise BenchmarkError(f"{out}: cannot write there ({e.strerror or e})") from None
+    return parent
+
+
+def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
+    """Write the benchmark folder; returns counts and timings."""
+    from pruner.data.coco import load_split
+    from pruner.models import count_parameters, file_hash, load_checkpoint
+
+    cfg.check()
+    out = Path(cfg.out)
+    replace = _prepare_target(out, cfg.force)
+    parent = _writable_parent(out)
+    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    # load every network first: a bad checkpoint fails before anything is written
+    nets = []
+    for i, ck in enumerate(cfg.checkpoints):
+        model, meta = load_checkpoint(ck)
+        name = cfg.categories[i] if cfg.categories else category_name(meta, Path(ck).parent.name or f"net{i}")
+        nets.append((ck, model, meta, name))
+    names = [n[3] for n in nets]
+    if len(set(names)) != len(names):
+        raise BenchmarkError(f"two checkpoints would share a category name ({', '.join(names)}); pass categories")
+    size = nets[0][1].arch.input_size
+    k = nets[0][1].arch.num_keypoints
+    for ck, model, _, _ in nets:
+        if model.arch.input_size != size or model.arch.num_keypoints != k:
+            raise BenchmarkError(f"{ck}: input size or keypoint count differs from {nets[0][0]}")
+    ds = load_split(cfg.data, cfg.split, size)
+    if len(ds.keypoint_names) != k:
+        raise BenchmarkError(f"{cfg.data}: {len(ds.keypoint_names)} keypoints, the networks have {k}")
+    labelled = np.flatnonzero((np.asarray(ds.flags) >= 1).any(axis=1))
+    if len(labelled) == 0:
+        raise BenchmarkError(f"{cfg.data}: no {cfg.split} image has a labelled keypoint")
+    n_pool = min(len(labelled), cfg.pool or 2 * cfg.images)
+    rng = np.random.default_rng(cfg.seed)
+    pool = np.sort(rng.choice(labelled, size=n_pool, replace=False))
+    image_ids = np.asarray(ds.image_ids)[pool]
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    t0 = time.perf_counter()
+    try:
+        preds, categories, parity = {}, [], []
+        bar = tqdm(total=len(nets) * n_pool, desc="export onnx", unit="model", leave=False,
+                   disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
+        for ck, model, meta, name in nets:
+            plain = model.to_plain()
+            onnx_files, pred = {}, np.zeros((n_pool, k, 2))
+            template = None
+            for j, idx in enumerate(pool):
+                image = np.asarray(ds.images[idx], dtype=np.float32)
+                if template is None:
+                    m, err = onnx_model.export_instance_model(image, plain, box, doc=f"usnprune {name}")
+                    template = m
+                else:  # same simplified graph, this image's front weights; parity re-checked
+                    m = onnx_model.with_image(template, image)
+                    err = onnx_model.check_parity(m, plain, image, box)
+                parity.append(err)
+                rel = f"onnx/{name}/img{int(image_ids[j])}.onnx"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                onnx.save(m, tmp / rel)
+                onnx_files[str(int(image_ids[j]))] = rel
+                pred[j] = onnx_model.run(onnx_model.session(m), box.identity())[0].reshape(k, 2)
+                bar.update(1)
+            preds[name] = pred
+            categories.append({
+                "name": name, "network": name, "checkpoint": str(ck), "checkpoint_hash": file_hash(ck),
+                "method": meta.get("method", "dense"), "sparsity": meta.get("sparsity", 0.0),
+                "seed": meta.get("seed", ""), "parameters": count_parameters(model), "onnx": onnx_files,
+            })
+        bar.close()
+        np.savez(tmp / "properties.npz", image_ids=image_ids, ground_truth=np.asarray(ds.keypoints)[pool].astype(np.float64),
+                 flags=np.asarray(ds.flags)[pool], **{f"pred_{n}": p for n, p in preds.items()})
+        meta_out = {
+            "format": "usnprune-benchmark", "toolkit_version": __version__, "seed": cfg.seed,
+            "eps_c": cfg.eps_c, "eps_b": cfg.eps_b, "input_lower": list(box.lower), "input_upper": list(box.upper),
+            "deltas": list(cfg.deltas), "images": cfg.images, "timeout": cfg.timeout, "reference": cfg.reference,
+            "gzip": cfg.gzip, "skip_violated": cfg.skip_violated, "min_flag": 1, "data": str(cfg.data),
+            "split": cfg.split, "keypoint_names": list(ds.keypoint_names), "categories": categories,
+        }
+        (tmp / MARKER).write_text(json.dumps(meta_out, indent=1))
+        shutil.copyfile(gp.__file__, tmp / "generate_properties.py")
+        stats = gp.generate(str(tmp), cfg.seed)
+        (tmp / "README.md").write_text(_readme(meta_out, stats))
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        meta_out["files"] = files + [MARKER]
+        (tmp / MARKER).write_text(json.dumps(meta_out, indent=1))
+        _install(tmp, out, replace, files)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
+        raise
+    seconds = time.perf_counter() - t0
+    stats.update({"networks": len(nets), "pool_images": int(n_pool), "onnx_models": len(nets) * int(n_pool),
+                  "seconds": round(seconds, 2), "max_parity_error_px": float(max(parity)),
+                  "bytes": sum((out / f).stat().st_size for f in files)})
+    log(f"wrote {out}: {stats['instances']} instances over {len(nets)} networks x {n_pool} pool images "
+        f"({stats['skipped_not_labelled']} unlabelled keypoints skipped, {stats['skipped_violated']} violated at identity skipped) "
+        f"in {seconds:.1f} s; max ONNX/PyTorch difference {stats['max_parity_error_px']:.2e} px")
+    return stats
+
+
+def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None:
+    """Move the finished folder into place: a rename when ``out`` is new or empty; else
+    remove what an earlier export wrote, move the new files in, the marker last."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        return
+    for rel in [MARKER, "instances.csv"] + [r for r in replace if r not in (MARKER, "instances.csv")]:
+        p = out / rel
+        if p.is_file():
+            p.unlink()
+    for rel in files:
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if rel not in ("instances.csv",):
+            os.replace(tmp / rel, dst)
+    os.replace(tmp / "instances.csv", out / "instances.csv")
+    os.replace(tmp / MARKER, out / MARKER)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readme(meta: dict, stats: dict) -> str:
+    cats = "\n".join(f"| {c['name']} | {c['method']} | {c['sparsity']} | {c['parameters']:,} | `{c['checkpoint_hash']}` |"
+                     for c in meta["categories"])
+    return f"""# usnprune keypoint benchmark
+
+Keypoint networks under brightness and contrast changes, in the VNN-COMP format. Each ONNX
+model takes `X` = (contrast c, brightness b), shape `[batch, 2]`, holds one image as a
+constant, computes `clip(c * image + b, 0, 1)` exactly (two Gemm branches and
+`Relu(z) - Relu(z - 1)`), runs the network, and outputs `Y` = (u0, v0, u1, v1, ...) pixel
+coordinates of {len(meta['keypoint_names'])} keypoints.
+
+Each VNNLIB property: `c in [{meta['input_lower'][0]:g}, {meta['input_upper'][0]:g}]`,
+`b in [{meta['input_lower'][1]:g}, {meta['input_upper'][1]:g}]`; unsafe (sat) when one keypoint leaves
+the L-inf box of half-width delta ({', '.join(f'{d:g}' for d in meta['deltas'])} px) around its
+reference ({'ground truth' if meta['reference'] == 'gt' else 'the clean prediction'}). `unsat` = certified.
+
+- instances: {stats['instances']} (timeout {meta['timeout']:g} s each, {stats['total_timeout_s'] / 3600:.2f} h in total)
+- images per network: {meta['images']} chosen by the seed from a pool of {len(next(iter(meta['categories']))['onnx'])}
+- keypoints skipped as not labelled: {stats['skipped_not_labelled']}; left out as violated at the identity: {stats['skipped_violated']}
+
+Regenerate the properties (numpy and onnx only): `python generate_properties.py <seed>`
+(written with seed {meta['seed']}). `manifest.csv` maps each instance to its network, image,
+keypoint, delta, box and reference.
+
+| category | method | sparsity | parameters | checkpoint |
+| --- | --- | --- | --- | --- |
+{cats}
+
+Made by usnprune {meta['toolkit_version']}.
+"""

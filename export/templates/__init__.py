@@ -1,0 +1,1 @@
+"""Files copied into every benchmark folder (standalone: numpy and onnx only)."""
