@@ -378,7 +378,7 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     (x0, y0), (x1, y1) = lo_px, hi_px
     coverage = np.zeros((size, size))
     shade = np.zeros((size, size))
-    bbox = (0.0, 0.0, 0.0, 0.0)
+    corners_px = []  # points the bounding box must hold
     if x1 > x0 and y1 > y0:
         h, w = y1 - y0, x1 - x0
         # per part: rows and columns of the supersampled window it can cover
@@ -398,16 +398,15 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
         shade[y0:y1, x0:x1] = lam.reshape(h, ss, w, ss).mean(axis=(1, 3))
         if hit.any():
             rows, cols = np.nonzero(hit.any(1))[0], np.nonzero(hit.any(0))[0]
-            bx0, bx1 = x0 + cols[0] / ss, x0 + (cols[-1] + 1) / ss
-            by0, by1 = y0 + rows[0] / ss, y0 + (rows[-1] + 1) / ss
-            bbox = (bx0, by0, bx1 - bx0, by1 - by0)
+            corners_px += [(x0 + cols[0] / ss, y0 + rows[0] / ss), (x0 + (cols[-1] + 1) / ss, y0 + (rows[-1] + 1) / ss)]
 
     # Intensities: the aircraft stands out from the background's mean level by a random
     # margin, brighter or darker, and its shading spans a random range.
     level = rng.uniform(0.15, 0.85)
     bright = level < 0.4 or (level <= 0.6 and rng.uniform() < 0.5)
-    mid = level + (1 if bright else -1) * rng.uniform(0.2, 0.35)
-    half = rng.uniform(0.1, 0.25)
+    gap = rng.uniform(0.2, 0.35)
+    mid = level + gap if bright else level - gap
+    half = rng.uniform(0.1, min(0.25, gap - 0.08))  # the darkest shade still stands out
     lo, hi = max(mid - half, 0.0), min(mid + half, 1.0)
     bg = _background(rng, size, level, opt)
     # shade is already coverage-weighted (mean over supersamples of tone * lambert)
@@ -426,6 +425,14 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     t, _ = _cast(origin, kdirs)
     occluded = t < depth - 0.05
     flags = np.where(inside, np.where(occluded, 1, 2), 0).astype(np.int8)
+    # The box of the rendered pixels, grown to hold the labelled keypoints: a part seen
+    # edge-on (the fin from behind) can be thinner than the supersampling step.
+    pts = np.array(corners_px + list(kp[inside])).reshape(-1, 2)
+    if len(pts):
+        (bx0, by0), (bx1, by1) = pts.min(axis=0), pts.max(axis=0)
+        bbox = (float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0))
+    else:
+        bbox = (0.0, 0.0, 0.0, 0.0)
     return Sample(img, kp, flags, coverage, bbox)
 
 
