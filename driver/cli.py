@@ -121,6 +121,57 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from export.benchmark import ExportConfig, export_benchmark
+
+    cfg = ExportConfig(
+        checkpoints=args.checkpoint, categories=args.category, data=args.data, out=args.out,
+        eps_c=args.eps_contrast, eps_b=args.eps_brightness, deltas=args.delta, images=args.images, pool=args.pool,
+        timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
+        skip_violated=args.skip_violated, split=args.split, force=args.force)
+    cfg.check("export")
+    export_benchmark(cfg)
+    return 0
+
+
+def _parse_options(items: list[str] | None) -> dict:
+    """KEY=VALUE pairs (values parsed as YAML scalars) for backend/executor options."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    executor_options = _parse_options(args.sbatch)
+    for key in ("partition", "time_min", "gpus_per_task", "cpus_per_task", "account", "mem_gb"):
+        val = getattr(args, key, None)
+        if val is not None:
+            executor_options[key] = val
+    res = verify(args.bench, args.out, backend=args.backend, workers=args.workers, timeout=args.timeout,
+                 resume=args.resume, executor=args.executor, options=_parse_options(args.option),
+                 chunk_size=args.chunk_size, executor_options=executor_options)
+    if args.cross_check:
+        from .verify import cross_check
+
+        cross_check(args.bench, args.out, args.cross_check, timeout=args.timeout)
+    return 1 if res["alarms"] else 0
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    res = report(args.runs, args.out, sheets=not args.no_sheets)
+    return 1 if res["problems"] else 0
+
+
 def cmd_run(args) -> int:
     from .experiment import run_experiment
 
@@ -172,6 +223,51 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, help="override: seed")
     pr.add_argument("--analyze-only", action="store_true", help="write the per-layer USN/stability analysis only")
     pr.set_defaults(func=cmd_prune)
+
+    ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (ONNX + VNNLIB) for checkpoints")
+    ex.add_argument("--checkpoint", required=True, nargs="+", help="one or more checkpoints (one category each)")
+    ex.add_argument("--category", nargs="+", help="category names, one per checkpoint")
+    ex.add_argument("--data", required=True, help="dataset folder")
+    ex.add_argument("--split", default="test")
+    ex.add_argument("--out", required=True, help="benchmark folder to write")
+    _add_box_args(ex)
+    ex.add_argument("--delta", type=_positive("--delta"), nargs="+", default=[2.0], help="tolerances in px")
+    ex.add_argument("--images", type=_count("--images"), default=20, help="images verified per network")
+    ex.add_argument("--pool", type=_count("--pool"), help="images exported (default 2 x --images)")
+    ex.add_argument("--timeout", type=_positive("--timeout"), default=60.0, help="seconds per instance")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--reference", choices=["gt", "prediction"], default="gt")
+    ex.add_argument("--gzip", action="store_true", help="write .vnnlib.gz")
+    ex.add_argument("--skip-violated", action="store_true", help="leave out instances violated at the identity")
+    ex.add_argument("--force", action="store_true", help="write into an existing folder")
+    ex.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("verify", help="verify a benchmark folder; one result row per instance")
+    v.add_argument("bench", help="benchmark folder (instances.csv, onnx/, vnnlib/)")
+    v.add_argument("--backend", default="builtin", help="verifier profile name or profile YAML (builtin, abcrown, ...)")
+    v.add_argument("--out", required=True, help="run folder")
+    v.add_argument("--workers", type=_count("--workers"), default=1)
+    v.add_argument("--timeout", type=_positive("--timeout"), help="seconds per instance (default: instances.csv)")
+    v.add_argument("--resume", action="store_true", help="continue a run: only instances without a result")
+    v.add_argument("--executor", choices=["serial", "local", "slurm"], default="local")
+    v.add_argument("--chunk-size", type=_count("--chunk-size"), help="instances per worker task / array task")
+    v.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option override (repeatable)")
+    v.add_argument("--cross-check", nargs="+", metavar="BACKEND", help="also run these backends and compare verdicts")
+    sl = v.add_argument_group("slurm executor")
+    sl.add_argument("--partition")
+    sl.add_argument("--time-min", type=_count("--time-min"), dest="time_min", help="time limit per array task, minutes")
+    sl.add_argument("--gpus-per-task", type=_count("--gpus-per-task", 0), dest="gpus_per_task")
+    sl.add_argument("--cpus-per-task", type=_count("--cpus-per-task"), dest="cpus_per_task")
+    sl.add_argument("--mem-gb", type=_count("--mem-gb"), dest="mem_gb")
+    sl.add_argument("--account")
+    sl.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
+    v.set_defaults(func=cmd_verify)
+
+    rp = sub.add_parser("report", help="certified-keypoint tables and plots from run folders")
+    rp.add_argument("runs", nargs="+", help="run folders")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--no-sheets", action="store_true", help="skip the per-network contact sheets")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("run", help="run an experiment YAML end to end")
     r.add_argument("experiment")

@@ -180,12 +180,121 @@ def stage_prune(ctx: Context, sec: PruneSection) -> None:
     pd.DataFrame(rows).to_csv(ctx.stage_dir("prune") / "summary.csv", index=False)
 
 
+@dataclasses.dataclass
+class ExportSection:
+    """One benchmark folder <out>/export/bench, a category per network (dense + pruned)."""
+
+    eps_c: float = 0.1
+    eps_b: float = 0.1
+    deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5])
+    images: int = 5
+    pool: int | None = None
+    timeout: float = 60.0
+    reference: str = "prediction"
+    gzip: bool = False
+    skip_violated: bool = False
+    dense: bool = True  # include the dense networks
+    methods: list[str] | None = None  # pruned networks to include (default: all of the prune stage)
+
+    def check(self, where: str) -> None:
+        from export.benchmark import ExportConfig
+
+        ExportConfig(checkpoints=["-"], data="-", out="-", eps_c=self.eps_c, eps_b=self.eps_b, deltas=self.deltas,
+                     images=self.images, pool=self.pool, timeout=self.timeout, reference=self.reference).check(where)
+        require(self.reference in ("gt", "prediction"), f"{where}.reference", "must be gt or prediction")
+
+
+def exported_networks(ctx: Context, sec: ExportSection) -> list[tuple[str, Path]]:
+    """(category, checkpoint) of every network the export stage puts in the benchmark."""
+    nets = []
+    if sec.dense:
+        nets += [(f"dense-seed{s}", ctx.dense_checkpoint(s)) for s in ctx.seeds]
+    if "prune" in ctx.sections:
+        for method, sparsity, seed, folder in prune_runs(ctx, ctx.sections["prune"]):
+            if sec.methods is None or method in sec.methods:
+                nets.append((folder.name, folder / "model.pt"))
+    return nets
+
+
+def stage_export(ctx: Context, sec: ExportSection) -> None:
+    from export.benchmark import ExportConfig, export_benchmark
+
+    nets = exported_networks(ctx, sec)
+    if not nets:
+        raise ConfigError("export: no network to export (dense: false and no prune stage)")
+    cfg = ExportConfig(
+        checkpoints=[str(p) for _, p in nets], categories=[c for c, _ in nets], data=str(ctx.data_dir),
+        out=str(ctx.stage_dir("export") / "bench"), eps_c=sec.eps_c, eps_b=sec.eps_b, deltas=sec.deltas,
+        images=sec.images, pool=sec.pool, timeout=sec.timeout, seed=ctx.seeds[0], reference=sec.reference,
+        gzip=sec.gzip, skip_violated=sec.skip_violated, force=True)
+    export_benchmark(cfg, log=ctx.log)
+
+
+@dataclasses.dataclass
+class VerifySection:
+    """Verify <out>/export/bench into <out>/verify/<backend> (resumable)."""
+
+    backends: list[str] = dataclasses.field(default_factory=lambda: ["builtin"])
+    workers: int = 1
+    timeout: float | None = None  # override the benchmark's per-instance timeout
+    executor: str = "local"
+    chunk_size: int | None = None
+    options: dict = dataclasses.field(default_factory=dict)  # backend option overrides
+    executor_options: dict = dataclasses.field(default_factory=dict)  # e.g. slurm partition, time_min
+    skip_unavailable: bool = True  # a backend that is not installed (abcrown) is skipped with a note
+
+    def check(self, where: str) -> None:
+        require(self.workers >= 1, f"{where}.workers", f"must be >= 1, got {self.workers}")
+        require(self.timeout is None or self.timeout > 0, f"{where}.timeout", "must be > 0")
+        require(self.executor in ("serial", "local", "slurm"), f"{where}.executor", "must be serial, local or slurm")
+        require(len(self.backends) >= 1, f"{where}.backends", "give at least one backend")
+
+
+def stage_verify(ctx: Context, sec: VerifySection) -> None:
+    from pruner.errors import UsnpruneError
+    from verifier_specs.base import load_backend
+
+    from .verify import verify
+
+    for name in sec.backends:
+        run = ctx.stage_dir("verify") / Path(name).stem
+        try:
+            load_backend(name, **sec.options).check_available()
+        except UsnpruneError as e:
+            if not sec.skip_unavailable:
+                raise
+            ctx.log(f"  skipping {name}: {e}")
+            continue
+        verify(ctx.stage_dir("export") / "bench", run, backend=name, workers=sec.workers, timeout=sec.timeout,
+               resume=True, executor=sec.executor, options=sec.options, chunk_size=sec.chunk_size,
+               executor_options=sec.executor_options, log=ctx.log)
+
+
+@dataclasses.dataclass
+class ReportSection:
+    sheets: bool = True
+
+
+def stage_report(ctx: Context, sec: ReportSection) -> None:
+    from .report import report
+
+    runs = sorted(p for p in ctx.stage_dir("verify").glob("*") if (p / "run.json").is_file())
+    if not runs:
+        raise ConfigError("report: no verify run to report on")
+    res = report(runs, ctx.stage_dir("report"), sheets=sec.sheets, log=ctx.log)
+    if res["problems"]:
+        raise ConfigError("report: certified PCK above the empirical ceiling: " + "; ".join(res["problems"]))
+
+
 # Each entry: (section type or None for a free mapping passed to the stage, runner).
 STAGE_TABLE: dict[str, tuple[Any, Callable]] = {
     "data": (DataSection, stage_data),
     "train": (None, stage_train),
     "eval": (EvalSection, stage_eval),
     "prune": (PruneSection, stage_prune),
+    "export": (ExportSection, stage_export),
+    "verify": (VerifySection, stage_verify),
+    "report": (ReportSection, stage_report),
 }
 
 

@@ -96,6 +96,7 @@ class SynthOptions:
     focal: float = 1.2
     distance: tuple[float, float] = (2.8, 3.8)
     elevation: tuple[float, float] = (15.0, 65.0)  # camera above the aircraft's horizon
+    yaw: tuple[float, float] = (-180.0, 180.0)  # heading, drawn uniformly
     pitch: float = 20.0  # aircraft pitch drawn from [-pitch, pitch]
     roll: float = 30.0  # aircraft bank drawn from [-roll, roll]
     shift: float = 0.08  # image-plane shift of the centre, as a fraction of the size
@@ -105,7 +106,7 @@ class SynthOptions:
     def check(self, where: str = "synthetic") -> None:
         require(1 <= self.supersample <= 16, f"{where}.supersample", f"must be in 1..16, got {self.supersample}")
         require(0.3 <= self.focal <= 10, f"{where}.focal", f"must be in [0.3, 10], got {self.focal}")
-        for name, lo, hi in (("distance", 2.0, 100.0), ("elevation", -90.0, 90.0), ("noise", 0.0, 0.5)):
+        for name, lo, hi in (("distance", 2.0, 100.0), ("elevation", -90.0, 90.0), ("yaw", -360.0, 360.0), ("noise", 0.0, 0.5)):
             pair = getattr(self, name)
             require(
                 len(pair) == 2 and lo <= pair[0] <= pair[1] <= hi,
@@ -353,7 +354,7 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     opt = options or SynthOptions()
     ss = opt.supersample
     deg = np.radians
-    rot = _rotation(rng.uniform(0, 2 * np.pi), deg(rng.uniform(-opt.pitch, opt.pitch)), deg(rng.uniform(-opt.roll, opt.roll)))
+    rot = _rotation(deg(rng.uniform(*opt.yaw)), deg(rng.uniform(-opt.pitch, opt.pitch)), deg(rng.uniform(-opt.roll, opt.roll)))
     cam = _camera(deg(rng.uniform(*opt.elevation)))
     m = cam @ rot  # body -> camera
     dist = rng.uniform(*opt.distance)

@@ -1,0 +1,260 @@
+"""Executors: who runs the chunks of a verification.
+
+* ``serial`` -- in this process, one instance after the other;
+* ``local``  -- ``workers`` processes on this machine. Each worker runs the same
+  :func:`driver.verify.run_chunk` as every other executor and appends to the run's results
+  store itself. The parent hands out chunks one at a time, shows progress, and enforces a
+  hard wall-clock limit: a worker silent for longer than the instance timeout plus a grace
+  period is killed with its process group, its instance in flight gets a ``timeout`` row,
+  and the rest of its chunk goes back to the queue. A worker that dies (crash, out of
+  memory) leaves an ``error`` row for its instance in flight, never the end of the run.
+  When GPUs are visible, worker k sees only GPU ``k mod n`` (one verifier per GPU).
+* ``slurm``  -- a Slurm job array through submitit (driver/slurm.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from pruner.errors import ConfigError
+from verifier_specs.base import Instance, Verdict, load_backend
+
+GRACE_S = 30.0  # beyond an instance's timeout before the parent kills a silent worker
+
+
+def chunks_of(instances: list[Instance], size: int | None) -> list[list[Instance]]:
+    """Instances grouped by ONNX file (so backends can share a loaded model), cut into
+    chunks of at most ``size``."""
+    by_onnx: dict[str, list[Instance]] = {}
+    for inst in instances:
+        by_onnx.setdefault(inst.onnx, []).append(inst)
+    out: list[list[Instance]] = []
+    cur: list[Instance] = []
+    size = size or 1 << 30
+    for group in by_onnx.values():
+        for inst in group:
+            cur.append(inst)
+            if len(cur) >= size:
+                out.append(cur)
+                cur = []
+        if cur and size >= 1 << 30:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+class Progress:
+    def __init__(self, total: int, desc: str) -> None:
+        self.counts: Counter = Counter()
+        self.bar = tqdm(total=total, desc=desc, unit="inst", dynamic_ncols=True,
+                        disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
+
+    def row(self, row: dict) -> None:
+        self.counts[row["verdict"]] += 1
+        self.bar.update(1)
+        self.bar.set_postfix({k: v for k, v in sorted(self.counts.items())}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def execute(kind: str, spec, run_dir: Path, instances: list[Instance], workers: int = 1,
+            chunk_size: int | None = None, options: dict | None = None, log: Callable[[str], None] = print) -> None:
+    if kind == "serial" or (kind == "local" and workers == 1 and not options):
+        return run_serial(spec, run_dir, instances, log)
+    if kind == "local":
+        return run_local(spec, run_dir, instances, workers, chunk_size, log)
+    if kind == "slurm":
+        from .slurm import run_slurm
+
+        return run_slurm(spec, run_dir, instances, chunk_size=chunk_size, options=options or {}, log=log)
+    raise ConfigError(f"unknown executor {kind!r} (serial, local, slurm)")
+
+
+def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
+    from .store import writer_name
+    from .verify import run_chunk
+
+    progress = Progress(len(instances), "verify")
+    try:
+        run_chunk(spec, run_dir, instances, writer_name("serial"), on_row=progress.row)
+    finally:
+        progress.close()
+
+
+# ---- local processes ----------------------------------------------------------------
+
+
+def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None) -> None:
+    """Worker process: take chunks until told to stop; report start/row/done messages."""
+    os.setpgrp()  # the parent kills the worker together with any verifier it started
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from .store import writer_name
+    from .verify import RunSpec, run_chunk
+
+    spec = RunSpec(**spec_dict)
+    writer = writer_name(f"local-{spec.run_id}-w{wid}")
+    results.put(("ready", wid, None))
+    while True:
+        chunk = tasks.get()
+        if chunk is None:
+            return
+        insts = [Instance(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"]) for d in chunk]
+        try:
+            run_chunk(spec, Path(run_dir), insts, writer,
+                      on_row=lambda row: results.put(("row", wid, row)),
+                      on_start=lambda inst: results.put(("start", wid, inst.key)))
+        except Exception as e:  # e.g. the backend cannot be loaded: tell the parent, stop
+            results.put(("fatal", wid, f"{type(e).__name__}: {e}"))
+            return
+        results.put(("ready", wid, None))
+
+
+@dataclasses.dataclass
+class _Worker:
+    proc: mp.Process
+    tasks: object
+    chunk: list[dict] = dataclasses.field(default_factory=list)
+    done: set = dataclasses.field(default_factory=set)
+    current: str | None = None
+    last_seen: float = 0.0
+    busy: bool = False
+
+
+def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chunk_size: int | None, log) -> None:
+    from .store import ResultStore, writer_name
+    from .verify import load_manifest, make_row
+
+    backend = load_backend(spec.backend, **spec.options)
+    size = chunk_size or getattr(backend, "default_chunk_size", None)
+    pending = [[_inst_dict(i) for i in c] for c in chunks_of(instances, size)]
+    by_key = {i.key: i for i in instances}
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    gpus = visible_gpus()
+    n = min(workers, max(1, len(pending)))
+    pool: dict[int, _Worker] = {}
+    spec_dict = dataclasses.asdict(spec)
+    store = ResultStore(run_dir)
+    parent_writer = writer_name(f"local-{spec.run_id}-parent")
+    manifest = load_manifest(spec.bench)
+    progress = Progress(len(instances), f"verify x{n}")
+    next_wid = [0]
+
+    def start_worker() -> None:
+        wid = next_wid[0]
+        next_wid[0] += 1
+        tasks = ctx.Queue()
+        gpu = gpus[wid % len(gpus)] if gpus else None
+        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), tasks, results, gpu), daemon=True)
+        p.start()
+        pool[wid] = _Worker(p, tasks, last_seen=time.monotonic())
+
+    def lost_instance(w: _Worker, status: str, message: str) -> None:
+        """Row for the instance in flight of a killed/dead worker; requeue the rest."""
+        rest = [d for d in w.chunk if f"{d['onnx']},{d['vnnlib']}" not in w.done]
+        if w.current is not None and w.current not in w.done:
+            inst = by_key[w.current]
+            verdict = Verdict(status, time.monotonic() - w.last_seen if status == "timeout" else 0.0, None, message)
+            row = make_row(spec, backend.name, backend.version(), inst, verdict, None, manifest)
+            store.append(row, parent_writer)
+            progress.row(row)
+            rest = [d for d in rest if f"{d['onnx']},{d['vnnlib']}" != w.current]
+        if rest:
+            pending.insert(0, rest)
+
+    for _ in range(n):
+        start_worker()
+    fatal = None
+    try:
+        while pool:
+            try:
+                kind, wid, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                kind = None
+            now = time.monotonic()
+            if kind is not None and wid in pool:
+                w = pool[wid]
+                w.last_seen = now
+                if kind == "start":
+                    w.current = payload
+                elif kind == "row":
+                    key = f"{payload['onnx']},{payload['vnnlib']}"
+                    w.done.add(key)
+                    progress.row(payload)
+                elif kind == "ready":
+                    w.busy, w.chunk, w.done, w.current = False, [], set(), None
+                    if pending and fatal is None:
+                        w.chunk = pending.pop(0)
+                        w.busy = True
+                        w.tasks.put(w.chunk)
+                    else:
+                        w.tasks.put(None)
+                        w.proc.join(timeout=10)
+                        del pool[wid]
+                elif kind == "fatal":
+                    fatal = payload
+                    w.tasks.put(None)
+                    w.proc.join(timeout=10)
+                    del pool[wid]
+            for wid, w in list(pool.items()):
+                limit = max((d["timeout"] for d in w.chunk), default=0.0) + GRACE_S
+                if w.busy and now - w.last_seen > limit:
+                    _kill(w.proc)
+                    lost_instance(w, "timeout", f"hard limit: no answer after {now - w.last_seen:.0f} s; worker killed")
+                    del pool[wid]
+                    start_worker()
+                elif not w.proc.is_alive():
+                    code = w.proc.exitcode
+                    del pool[wid]
+                    if w.busy:
+                        lost_instance(w, "error", f"worker died (exit code {code}) while verifying")
+                        start_worker()
+    finally:
+        for w in pool.values():
+            _kill(w.proc)
+        progress.close()
+    if fatal:
+        raise ConfigError(f"verifier workers could not start: {fatal}")
+
+
+def _inst_dict(i: Instance) -> dict:
+    return {"root": str(i.root), "onnx": i.onnx, "vnnlib": i.vnnlib, "timeout": i.timeout, "index": i.index}
+
+
+def _kill(proc: mp.Process) -> None:
+    if proc.pid is None or not proc.is_alive():
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own group (setpgrp)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        proc.kill()
+    proc.join(timeout=5)
