@@ -199,7 +199,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
         shutil.copyfile(gp.__file__, tmp / "generate_properties.py")
         stats = gp.generate(str(tmp), cfg.seed)
         (tmp / "README.md").write_text(_readme(meta_out, stats))
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != MARKER)
         meta_out["files"] = files + [MARKER]
         (tmp / MARKER).write_text(json.dumps(meta_out, indent=1))
         _install(tmp, out, replace, files)
@@ -229,10 +229,11 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
         if p.is_file():
             p.unlink()
     for rel in files:
+        if rel == "instances.csv":
+            continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if rel not in ("instances.csv",):
-            os.replace(tmp / rel, dst)
+        os.replace(tmp / rel, dst)
     os.replace(tmp / "instances.csv", out / "instances.csv")
     os.replace(tmp / MARKER, out / MARKER)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -173,9 +173,9 @@ def fit(
             loss.backward()
             opt.step()
             w = len(idx) / n
-            sums["loss"] += float(loss) * w
-            sums["task"] += float(task) * w
-            sums["extra"] += float(extra) * w
+            sums["loss"] += float(loss.detach()) * w
+            sums["task"] += float(task.detach()) * w
+            sums["extra"] += float(extra.detach()) * w
             step += 1
             bar.update(1)
         row = {"epoch": epoch + 1, **sums, "lr": opt.param_groups[0]["lr"]}

@@ -1,17 +1,49 @@
-"""Shared fixtures: small real networks and datasets, built once per session."""
+"""Shared fixtures: a small real dataset and briefly trained networks, built once per session."""
 
 from __future__ import annotations
 
 import os
 
+os.environ.setdefault("USNPRUNE_NO_PROGRESS", "1")
+
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("USNPRUNE_NO_PROGRESS", "1")
 torch.set_num_threads(2)
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A small synthetic aircraft dataset (32x32)."""
+    from pruner.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, n_train=400, n_test=40, seed=0, size=32, progress=False)
+    return out
+
+
+def _train(data, arch, epochs, seed, out):
+    from pruner.config import from_dict
+    from pruner.train import TrainConfig, train
+
+    cfg = from_dict(TrainConfig, {"data": str(data), "out": str(out), "arch": arch, "seed": seed,
+                                  "optim": {"epochs": epochs, "batch_size": 32, "lr": 3e-3}})
+    train(cfg, log=lambda s: None)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(synth_data, tmp_path_factory):
+    """A briefly trained 'small' network (~21k parameters): trained-like weights for tests."""
+    return _train(synth_data, "small", 3, 0, tmp_path_factory.mktemp("train_small"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_data, tmp_path_factory):
+    return _train(synth_data, "tiny", 2, 1, tmp_path_factory.mktemp("train_tiny"))

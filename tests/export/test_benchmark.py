@@ -1,0 +1,172 @@
+import ast
+import csv
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from vnnlib.compat import read_vnnlib_simple
+
+from driver.cli import main
+from export.benchmark import BenchmarkError, ExportConfig, export_benchmark
+from export.onnx_model import run, session
+from pruner.models import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def bench(small_checkpoint, tiny_checkpoint, synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bench"
+    cfg = ExportConfig(checkpoints=[str(small_checkpoint), str(tiny_checkpoint)], categories=["small", "tiny"],
+                       data=str(synth_data), out=str(out), eps_c=0.1, eps_b=0.05, deltas=[0.5, 2.0], images=3,
+                       pool=6, timeout=5, seed=0, reference="gt")
+    stats = export_benchmark(cfg, log=lambda s: None)
+    return out, stats
+
+
+def _instances(folder):
+    with open(folder / "instances.csv") as f:
+        return list(csv.reader(f))
+
+
+def test_folder_layout_and_instances(bench):
+    out, stats = bench
+    for name in ("onnx", "vnnlib", "instances.csv", "manifest.csv", "generate_properties.py", "README.md",
+                 "benchmark.json", "properties.npz"):
+        assert (out / name).exists(), name
+    rows = _instances(out)
+    assert len(rows) == stats["instances"] > 0
+    for onnx_rel, vnn_rel, timeout in rows:
+        assert not os.path.isabs(onnx_rel) and (out / onnx_rel).is_file() and (out / vnn_rel).is_file()
+        assert float(timeout) == 5
+    assert len(list((out / "onnx").rglob("*.onnx"))) == 2 * 6  # networks x pool
+
+
+def test_vnnlib_reads_back_with_an_independent_parser_to_the_manifest(bench):
+    out, _ = bench
+    man = pd.read_csv(out / "manifest.csv")
+    assert set(man["category"]) == {"small", "tiny"} and set(man["delta"]) == {0.5, 2.0}
+    for r in man.itertuples():
+        ((box, specs),) = read_vnnlib_simple(out / r.vnnlib, 2, 20)
+        assert box == [[0.9, 1.1], [-0.05, 0.05]]
+        assert len(specs) == 4
+        iu = 2 * r.keypoint
+        # each disjunct: one row  a @ y <= b  on Y_iu or Y_iu+1
+        got = sorted((int(np.flatnonzero(A[0])[0]), float(A[0][np.flatnonzero(A[0])[0]]), float(np.ravel(b)[0])) for A, b in specs)
+        want = sorted([(iu, -1.0, -(r.ref_u + r.delta)), (iu, 1.0, r.ref_u - r.delta),
+                       (iu + 1, -1.0, -(r.ref_v + r.delta)), (iu + 1, 1.0, r.ref_v - r.delta)])
+        assert [g[:2] for g in got] == [w[:2] for w in want]
+        assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-12)
+        assert (r.ref_u, r.ref_v) == (r.gt_u, r.gt_v)  # reference: gt
+
+
+def test_manifest_predictions_are_the_onnx_outputs_at_identity(bench):
+    out, _ = bench
+    man = pd.read_csv(out / "manifest.csv")
+    for onnx_rel, g in man.groupby("onnx"):
+        y = run(session(str(out / onnx_rel)), np.array([[1.0, 0.0]]))[0]
+        for r in g.itertuples():
+            assert (r.pred_u, r.pred_v) == pytest.approx((y[2 * r.keypoint], y[2 * r.keypoint + 1]), abs=1e-6)
+            assert r.violated_at_identity == (max(abs(r.pred_u - r.gt_u), abs(r.pred_v - r.gt_v)) >= r.delta)
+
+
+def test_generate_properties_is_standalone_and_deterministic(bench, tmp_path):
+    out, _ = bench
+    src = (out / "generate_properties.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"csv", "json", "os", "sys", "gzip", "numpy", "onnx"}
+    copies = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        dst = tmp_path / name
+        shutil.copytree(out, dst)
+        shutil.rmtree(dst / "vnnlib")
+        (dst / "instances.csv").unlink()
+        subprocess.run([sys.executable, "-I", str(dst / "generate_properties.py"), str(seed)], cwd=tmp_path,
+                       check=True, capture_output=True)
+        copies.append(dst)
+    a, b, c = copies
+    assert (a / "instances.csv").read_bytes() == (out / "instances.csv").read_bytes()  # same as usnprune wrote
+    assert (a / "instances.csv").read_bytes() == (b / "instances.csv").read_bytes()
+    assert not filecmp.dircmp(a / "vnnlib", b / "vnnlib").diff_files
+    imgs = lambda d: set(pd.read_csv(d / "manifest.csv")["image_id"])  # noqa: E731
+    assert imgs(a) != imgs(c)  # another seed picks other images
+
+
+def test_gzip_and_skip_violated(small_checkpoint, synth_data, tmp_path):
+    out = tmp_path / "gz"
+    stats = export_benchmark(ExportConfig(checkpoints=[str(small_checkpoint)], data=str(synth_data), out=str(out),
+                                          deltas=[1.5, 6.0], images=4, timeout=3, gzip=True, skip_violated=True),
+                             log=lambda s: None)
+    rows = _instances(out)
+    assert rows and all(r[1].endswith(".vnnlib.gz") for r in rows)
+    man = pd.read_csv(out / "manifest.csv")
+    assert not man["violated_at_identity"].any()
+    assert stats["skipped_violated"] > 0  # a briefly trained net misses 1.5 px on some keypoints
+
+
+def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_files(small_checkpoint, synth_data, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = ExportConfig(checkpoints=[str(small_checkpoint)], data=str(synth_data), out=str(out), images=1, timeout=1)
+    with pytest.raises(BenchmarkError, match="other content; pass --force"):
+        export_benchmark(cfg, log=lambda s: None)
+    cfg.force = True
+    export_benchmark(cfg, log=lambda s: None)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "instances.csv").is_file()
+    # a second forced export replaces what the first wrote and still keeps foreign files
+    cfg.deltas = [1.0]
+    export_benchmark(cfg, log=lambda s: None)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert all("_d1.0.vnnlib" in r[1] for r in _instances(out))
+    assert not list(out.rglob("*_d2.0.vnnlib"))
+    assert not list(tmp_path.glob(".bench.partial-*"))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--delta", "0"], "--delta must be > 0"),
+    (["--delta", "-1"], "--delta must be > 0"),
+    (["--eps-contrast", "1.0"], "eps_c: must be < 1"),
+    (["--eps-brightness", "-0.1"], "eps_b: must be >= 0"),
+])
+def test_bad_options_are_one_line_errors(args, match, small_checkpoint, synth_data, tmp_path, capsys):
+    code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out",
+                 str(tmp_path / "b")] + args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_unwritable_path_and_mismatched_checkpoint(small_checkpoint, synth_data, tmp_path, capsys):
+    import torch
+
+    blob = torch.load(small_checkpoint, weights_only=True)
+    blob["arch"]["fc"] = [65]
+    torch.save(blob, tmp_path / "bad.pt")
+    code = _cli(["export", "--checkpoint", str(tmp_path / "bad.pt"), "--data", str(synth_data), "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "architecture does not match weights" in err and not (tmp_path / "b").exists()
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out", str(ro / "b")])
+        assert code == 2 and "cannot write there" in capsys.readouterr().err
+    code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out", "/proc/usnprune/b"])
+    assert code == 2 and "cannot write there" in capsys.readouterr().err
+
+
+def _cli(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

@@ -1,0 +1,73 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export import onnx_model
+from pruner import perturbation
+from pruner.models import KeypointNet, arch_from, load_checkpoint
+from pruner.perturbation import Box
+
+
+def _image(seed=0, size=32):
+    return np.random.default_rng(seed).uniform(0, 1, size=(1, size, size)).astype(np.float32)
+
+
+def test_exported_model_matches_pytorch_on_a_grid(small_checkpoint):
+    model, _ = load_checkpoint(small_checkpoint)
+    box = Box(0.2, 0.15)
+    image = _image()
+    m, err = onnx_model.export_instance_model(image, model.to_plain(), box)
+    assert err <= onnx_model.PARITY_TOL
+    grid = box.grid(11)
+    got = onnx_model.run(onnx_model.session(m), grid)  # one batch of 121: batch > 1 works
+    with torch.no_grad():
+        x = perturbation.apply(torch.as_tensor(image).expand(len(grid), *image.shape), torch.as_tensor(grid, dtype=torch.float32))
+        want = model(x).double().numpy()
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_graph_shape_is_what_verifiers_accept(small_checkpoint):
+    model, _ = load_checkpoint(small_checkpoint)
+    m, _ = onnx_model.export_instance_model(_image(), model.to_plain(), Box())
+    assert m.ir_version == onnx_model.IR_VERSION
+    assert [(o.domain, o.version) for o in m.opset_import] == [("", onnx_model.OPSET)]
+    ops = {n.op_type for n in m.graph.node}
+    assert ops <= {"Gemm", "Relu", "Sub", "Reshape", "Conv", "Flatten", "AveragePool"}
+    (inp,), (out,) = m.graph.input, m.graph.output
+    assert inp.name == "X" and inp.type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim][1:] == [2]
+    assert out.type.tensor_type.shape.dim[1].dim_value == 2 * model.arch.num_keypoints
+    consumers = {}
+    for n in m.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, set()).add(n.op_type)
+    assert not any("Relu" in ops and ops & {"Add", "Sub"} for ops in consumers.values())
+
+
+def test_clip_is_exact_where_pixels_saturate():
+    plain = KeypointNet(arch_from("tiny")).to_plain()
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, :, :16] = 1.0  # pixels that saturate at c > 1, b > 0
+    image[0, :8, 16:] = 0.02  # pixels that clip at zero for b < 0
+    box = Box(0.3, 0.3)
+    m = onnx_model.build_model(image, plain)
+    onnx_model.check_parity(m, plain, image, box, n=40)
+
+
+def test_with_image_swaps_only_the_image(small_checkpoint):
+    model, _ = load_checkpoint(small_checkpoint)
+    plain = model.to_plain()
+    m0, _ = onnx_model.export_instance_model(_image(0), plain, Box())
+    m1 = onnx_model.with_image(m0, _image(1)[0])
+    onnx_model.check_parity(m1, plain, _image(1), Box())
+    assert [n.op_type for n in m1.graph.node] == [n.op_type for n in m0.graph.node]
+
+
+def test_parity_failure_refuses_the_model():
+    plain = KeypointNet(arch_from("tiny")).to_plain()
+    image = _image()
+    m = onnx_model.build_model(image, plain)
+    other = KeypointNet(arch_from("tiny")).to_plain()  # different weights
+    with pytest.raises(onnx_model.ExportError, match="parity failed"):
+        onnx_model.check_parity(m, other, image, Box())
