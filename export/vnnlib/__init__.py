@@ -6,6 +6,8 @@ The modules read like the grammar: ``tokenizer`` (characters -> tokens with line
 every verifier backend of usnprune uses.
 """
 
+from .errors import VnnlibError
 from .model import Disjunct, Property
+from .parser import parse_file, parse_text
 
-__all__ = ["Disjunct", "Property"]
+__all__ = ["Disjunct", "Property", "VnnlibError", "parse_file", "parse_text"]

@@ -1,0 +1,90 @@
+"""The ``builtin`` backend: VNNLIB + ONNX -> Verdict, in process.
+
+The parsed graph and its onnxruntime session are cached per ONNX file (keyed by path, mtime
+and size), so the keypoints of one image -- one ONNX file, many VNNLIB files -- share one
+read, one session and one calibration grid. Torch runs with ``threads`` threads during a
+verification (1 by default: on small machines shared with other work, OpenMP thread
+hand-offs cost more than they gain for these tensor sizes) and is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import torch
+
+from export.vnnlib import VnnlibError, parse_file
+from pruner.config import from_dict
+from pruner.errors import UsnpruneError
+from verifier_specs.base import Backend, Instance, Verdict
+from verifier_specs.replay import get_session
+
+from . import bab
+from .graph import file_key, read_graph
+from .operators import UnsupportedModel
+from .options import BuiltinOptions
+
+CACHE_SIZE = 4  # ONNX files kept; a chunk of instances is ordered by file, so a few suffice
+
+
+class BuiltinBackend(Backend):
+    name = "builtin"
+
+    def __init__(self, profile: dict | None = None, **options) -> None:
+        super().__init__(profile, **options)
+        self.options = from_dict(BuiltinOptions, self.profile, where=f"profile {self.profile.get('profile_name', 'builtin')}")
+        self._models: collections.OrderedDict = collections.OrderedDict()
+
+    def version(self) -> str:
+        return "usnprune-builtin 1"
+
+    def prepared(self, onnx_path) -> bab.PreparedModel:
+        """The cached graph + session of an ONNX file (re-read when the file changes)."""
+        key = file_key(onnx_path)
+        hit = self._models.get(key)
+        if hit is not None:
+            self._models.move_to_end(key)
+            return hit
+        graph = read_graph(onnx_path)
+        model = bab.PreparedModel(graph, get_session(onnx_path), source=str(onnx_path))
+        self._models[key] = model
+        while len(self._models) > CACHE_SIZE:
+            self._models.popitem(last=False)
+        return model
+
+    def verify(self, instance: Instance) -> Verdict:
+        t0 = time.monotonic()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.options.threads)
+        try:
+            return self._verify(instance, t0)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _verify(self, instance: Instance, t0: float) -> Verdict:
+        def done(status: str, message: str = "", x=None) -> Verdict:
+            cex = tuple(float(v) for v in x) if x is not None else None
+            return Verdict(status, time.monotonic() - t0, cex, message)
+
+        if not instance.onnx_path.is_file():
+            return done("error", f"{instance.onnx_path}: no such ONNX file")
+        try:
+            prop = parse_file(instance.vnnlib_path)
+        except VnnlibError as e:
+            return done("error", str(e))
+        try:
+            model = self.prepared(instance.onnx_path)
+        except UnsupportedModel as e:
+            return done("error", f"{instance.onnx_path}: {e}")
+        except OSError as e:
+            return done("error", f"{instance.onnx_path}: cannot read: {e}")
+        try:
+            out = bab.verify(model, prop, instance.timeout, self.options, start=t0)
+        except UsnpruneError as e:
+            return done("error", str(e))
+        return done(out.status, out.message, out.x)
+
+
+BACKEND = BuiltinBackend
+__all__ = ["BACKEND", "BuiltinBackend"]

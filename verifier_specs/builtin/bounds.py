@@ -1,0 +1,319 @@
+"""Sound bounds of a :class:`~verifier_specs.builtin.graph.Graph` over many input boxes at once.
+
+Notation. A batch holds ``B`` boxes ``[lo, hi]`` of the ``n`` network inputs. Inside a box
+an input is ``x = mid + rad * t`` with ``t`` in ``[-1, 1]^n``. A *linear bound* of a tensor
+is a pair of affine functions of ``t`` per element, stored as coefficient stacks
+``[B, K, *shape]`` with ``K = n + 1`` (slots ``0..n-1`` multiply ``t_i``, slot ``n`` is the
+constant); ``min_t`` of one is ``const - sum_i |coef_i|``.
+
+* :func:`forward` -- forward-mode linear bounds for every tensor (auto_LiRPA's "forward"):
+  affine rules map the centre ``m = (L + U) / 2`` with ``M`` and the radius
+  ``r = (U - L) / 2`` with ``|M|`` (algebraically the W+/W- split), activations apply their
+  relaxation on concretized pre-activation bounds, and every tensor's interval is the
+  concretized linear bound intersected with plain interval propagation (IBP).
+* :func:`backward` -- the CROWN pass for the property rows ``C @ y``: back through affine
+  rules by their transposes and through activations by their relaxations (sign-split on
+  the multipliers), using the forward intermediate bounds ("forward+crown"). It can stop
+  at the output of an activation ``depth`` activations before the output and plug in that
+  tensor's forward linear bound there; ``depth=None`` goes back to the input.
+* :func:`float32_error` -- a bound on how far the float32 evaluation of the ONNX file
+  (onnxruntime) can be from the exact real-number function over a box, per output.
+
+All arithmetic is float64; ``bab`` adds a margin that covers both float64 rounding in here
+and the float32 error (see ``docs/verifiers.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .graph import Graph
+from .operators import ActivationRule, AffineRule
+from .operators.base import DTYPE
+
+U32 = 2.0**-24  # unit roundoff of float32
+
+
+@dataclasses.dataclass
+class LinBound:
+    lw: torch.Tensor  # [B, K, *shape] lower affine function of t
+    uw: torch.Tensor  # [B, K, *shape] upper (the same object when exact)
+    lo: torch.Tensor  # [B, *shape] sound interval
+    hi: torch.Tensor
+
+    @property
+    def exact(self) -> bool:
+        return self.lw is self.uw
+
+
+@dataclasses.dataclass
+class ForwardResult:
+    out: LinBound  # the graph output
+    relax: dict[str, tuple[torch.Tensor, ...]]  # activation node name -> (ls, lb, us, ub), [B, *shape]
+    kept: dict[str, LinBound]  # tensors the backward pass stops at
+    intervals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # every tensor, when asked for
+    n: int
+
+
+def concretize(lw: torch.Tensor, uw: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lo = lw[:, n] - lw[:, :n].abs().sum(1)
+    hi = uw[:, n] + uw[:, :n].abs().sum(1)
+    return lo, hi
+
+
+def input_bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor) -> LinBound:
+    """The exact linear form of the input over each box: ``x = mid + rad * t``."""
+    B, n = lo.shape
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    w = torch.zeros((B, n + 1, n), dtype=DTYPE)
+    idx = torch.arange(n)
+    w[:, idx, idx] = rad
+    w[:, n, :] = mid
+    w = w.reshape((B, n + 1) + graph.input_shape)
+    shape = (B,) + graph.input_shape
+    return LinBound(w, w, lo.reshape(shape), hi.reshape(shape))
+
+
+def _add_const(w: torch.Tensor, n: int, offset: torch.Tensor) -> torch.Tensor:
+    """``w`` with ``offset`` added to the constant slot, out of place (``w`` may alias an input)."""
+    return torch.cat([w[:, :n], (w[:, n] + offset).unsqueeze(1)], dim=1)
+
+
+def stop_tensors(graph: Graph, depth: int | None) -> set[str]:
+    """Where a backward pass of the given depth stops (always includes the input)."""
+    stops = {graph.input_name}
+    if depth is None:
+        return stops
+    seen, todo = set(), [graph.output_name]
+    while todo:
+        t = todo.pop()
+        if t in seen or t == graph.input_name:
+            continue
+        seen.add(t)
+        node = graph.producer[t]
+        if isinstance(node.rule, ActivationRule) and graph.relu_depth[t] >= depth:
+            stops.add(t)
+            continue
+        todo.extend(node.inputs)
+    return stops
+
+
+def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] = frozenset(),
+            ibp: bool = True, relu_lower: str = "adaptive", keep_intervals: bool = False) -> ForwardResult:
+    """Forward-mode linear bounds over the boxes ``[lo, hi]`` (``[B, n]`` float64)."""
+    B, n = lo.shape
+    K = n + 1
+    state: dict[str, LinBound] = {graph.input_name: input_bound(graph, lo, hi)}
+    relax: dict[str, tuple] = {}
+    kept: dict[str, LinBound] = {}
+    intervals: dict[str, tuple] = {}
+    if graph.input_name in keep:
+        kept[graph.input_name] = state[graph.input_name]
+    if keep_intervals:
+        x = state[graph.input_name]
+        intervals[graph.input_name] = (x.lo, x.hi)
+    for k, node in enumerate(graph.nodes):
+        ins = [state[t] for t in node.inputs]
+        rule = node.rule
+        shape = graph.shapes[node.output]
+        if isinstance(rule, AffineRule):
+            out = _affine(rule, ins, graph, node, B, K, n, shape, ibp)
+        else:
+            out, rel = _activation(rule, ins[0], n, relu_lower)
+            relax[node.name] = rel
+        state[node.output] = out
+        if node.output in keep:
+            kept[node.output] = out
+        if keep_intervals:
+            intervals[node.output] = (out.lo, out.hi)
+        for t in node.inputs:  # free what no later node reads
+            if graph.last_use.get(t) == k and t != graph.output_name:
+                state.pop(t, None)
+    return ForwardResult(state[graph.output_name], relax, kept, intervals, n)
+
+
+def _affine(rule: AffineRule, ins: list[LinBound], graph: Graph, node, B, K, n, shape, ibp) -> LinBound:
+    def flat(t):
+        return t.reshape((B * K,) + tuple(t.shape[2:]))
+
+    if all(b.exact for b in ins):
+        w = None
+        for i, b in enumerate(ins):
+            y = rule.apply(i, flat(b.lw))
+            w = y if w is None else w + y
+        w = w.reshape((B, K) + shape)
+        if rule.offset is not None:
+            w = _add_const(w, n, rule.offset)
+        lw = uw = w
+    else:
+        m = r = None
+        for i, b in enumerate(ins):
+            if b.exact:
+                mi = rule.apply(i, flat(b.lw))
+            else:
+                mi = rule.apply(i, flat((b.lw + b.uw) * 0.5))
+                ri = rule.apply_abs(i, flat((b.uw - b.lw) * 0.5))
+                r = ri if r is None else r + ri
+            m = mi if m is None else m + mi
+        m = m.reshape((B, K) + shape)
+        r = r.reshape((B, K) + shape)
+        if rule.offset is not None:
+            m = _add_const(m, n, rule.offset)
+        lw, uw = m - r, m + r
+    lo, hi = concretize(lw, uw, n)
+    if ibp and rule.rounding > 0:  # pure data movement gains nothing from IBP
+        mid = rad = None
+        for i, b in enumerate(ins):
+            mi = rule.apply(i, (b.lo + b.hi) * 0.5)
+            ri = rule.apply_abs(i, (b.hi - b.lo) * 0.5)
+            mid = mi if mid is None else mid + mi
+            rad = ri if rad is None else rad + ri
+        if rule.offset is not None:
+            mid = mid + rule.offset
+        lo = torch.maximum(lo, mid - rad)
+        hi = torch.minimum(hi, mid + rad)
+    out = LinBound(lw, uw, lo, hi)
+    return out
+
+
+def _activation(rule: ActivationRule, x: LinBound, n: int, mode: str):
+    l, u = x.lo, x.hi
+    ls, lb, us, ub = rule.relax(l, u, mode)
+    # ReLU/Clip slopes are non-negative, so lower bounds map to lower bounds directly.
+    ls1, us1 = ls.unsqueeze(1), us.unsqueeze(1)
+    stable = bool(torch.equal(ls, us) and torch.equal(lb, ub))
+    if x.exact and stable:
+        w = x.lw * ls1
+        w[:, n] += lb
+        lw = uw = w
+    else:
+        lw = x.lw * ls1
+        lw[:, n] += lb
+        uw = x.uw * us1
+        uw[:, n] += ub
+    lo, hi = rule.interval(l, u)
+    clo, chi = concretize(lw, uw, n)
+    return LinBound(lw, uw, torch.maximum(lo, clo), torch.minimum(hi, chi)), (ls, lb, us, ub)
+
+
+def _contract(lam: torch.Tensor, b: LinBound) -> torch.Tensor:
+    """Lower bound of ``lam . z`` for ``z`` within ``b``: ``[B, R, K]`` coefficients of ``t``."""
+    B, R = lam.shape[:2]
+    lam = lam.reshape(B, R, -1)
+    lw = b.lw.reshape(B, b.lw.shape[1], -1)
+    if b.exact:
+        return torch.einsum("brs,bks->brk", lam, lw)
+    uw = b.uw.reshape(B, b.uw.shape[1], -1)
+    return torch.einsum("brs,bks->brk", lam.clamp(min=0), lw) + torch.einsum("brs,bks->brk", lam.clamp(max=0), uw)
+
+
+def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | None) -> torch.Tensor:
+    """Coefficients ``[B, R, K]`` of affine functions of ``t`` that lower-bound ``C @ y`` per box.
+
+    ``C`` is ``[R, n_outputs]`` (the same rows for every box) or ``[B, R, n_outputs]``.
+    ``fwd`` must have been run with ``keep=stop_tensors(graph, depth)``.
+    """
+    n = fwd.n
+    K = n + 1
+    B = fwd.out.lo.shape[0]
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(B, -1, -1)
+    R = C.shape[1]
+    stops = stop_tensors(graph, depth)
+    lams: dict[str, torch.Tensor] = {graph.output_name: C.reshape((B, R) + graph.shapes[graph.output_name])}
+    acc = torch.zeros((B, R, K), dtype=DTYPE)
+    for node in reversed(graph.nodes):
+        lam = lams.pop(node.output, None)
+        if lam is None:
+            continue
+        if node.output in stops:
+            acc += _contract(lam, fwd.kept[node.output])
+            continue
+        rule = node.rule
+        if isinstance(rule, AffineRule):
+            out_shape = tuple(lam.shape[2:])
+            flat = lam.reshape((B * R,) + out_shape)
+            for i, t in enumerate(node.inputs):
+                g = rule.apply_T(i, flat).reshape((B, R) + graph.shapes[t])
+                lams[t] = lams[t] + g if t in lams else g
+            if rule.offset is not None:
+                acc[:, :, n] += (lam * rule.offset).reshape(B, R, -1).sum(-1)
+        else:
+            ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.name])
+            pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+            g = pos * ls + neg * us
+            acc[:, :, n] += (pos * lb + neg * ub).reshape(B, R, -1).sum(-1)
+            t = node.inputs[0]
+            lams[t] = lams[t] + g if t in lams else g
+    lam = lams.pop(graph.input_name, None)
+    if lam is not None:
+        acc += _contract(lam, fwd.kept[graph.input_name])
+    return acc
+
+
+def lower_of(coefs: torch.Tensor, n: int) -> torch.Tensor:
+    """``min_t`` of affine functions ``[..., K]`` over ``t`` in ``[-1, 1]^n``."""
+    return coefs[..., n] - coefs[..., :n].abs().sum(-1)
+
+
+def forward_rows(fwd: ForwardResult, C: torch.Tensor) -> torch.Tensor:
+    """The forward-only bound of ``C @ y``: ``[B, R, K]`` coefficients."""
+    out = fwd.out
+    B = out.lo.shape[0]
+    lw = out.lw.reshape(B, out.lw.shape[1], -1)
+    uw = out.uw.reshape(B, out.uw.shape[1], -1)
+    Cp, Cn = C.clamp(min=0), C.clamp(max=0)
+    if C.dim() == 2:
+        return torch.einsum("rs,bks->brk", Cp, lw) + torch.einsum("rs,bks->brk", Cn, uw)
+    return torch.einsum("brs,bks->brk", Cp, lw) + torch.einsum("brs,bks->brk", Cn, uw)
+
+
+def interval_rows(fwd: ForwardResult, C: torch.Tensor) -> torch.Tensor:
+    """The interval bound of ``C @ y``: ``[B, R]``."""
+    lo = fwd.out.lo.reshape(fwd.out.lo.shape[0], -1)
+    hi = fwd.out.hi.reshape(fwd.out.hi.shape[0], -1)
+    return lo @ C.clamp(min=0).T + hi @ C.clamp(max=0).T
+
+
+def gamma(k: int, u: float = U32) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the relative error bound of k roundings."""
+    return k * u / (1.0 - k * u) if k > 0 else 0.0
+
+
+def float32_error(graph: Graph, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Per output: a bound on |float32 evaluation - exact value| over the box ``[lo, hi]`` (``[1, n]``).
+
+    Standard forward error analysis (Higham, Accuracy and Stability of Numerical
+    Algorithms, sec. 3.1): a sum of k products computed in any order with rounding to
+    nearest is within ``gamma_k * sum |w_i x_i|`` of the exact sum. Through a layer,
+    ``e_out <= |M| e_in + gamma_k (|M| (|x| + e_in) + |offset|)`` with ``|x|`` bounded by the
+    interval bounds over the box; ReLU and Clip are 1-Lipschitz and exact, so they pass the
+    error on. The input itself is float32-rounded by the caller widening the box.
+    """
+    fwd = forward(graph, lo, hi, keep_intervals=True)
+    iv = fwd.intervals
+    err: dict[str, torch.Tensor] = {graph.input_name: torch.zeros_like(iv[graph.input_name][0])}
+    for node in graph.nodes:
+        rule = node.rule
+        if isinstance(rule, AffineRule):
+            prop = None
+            mag = None
+            for i, t in enumerate(node.inputs):
+                e_in = err[t]
+                a, b = iv[t]
+                m_i = rule.apply_abs(i, torch.maximum(a.abs(), b.abs()) + e_in)
+                p_i = rule.apply_abs(i, e_in)
+                prop = p_i if prop is None else prop + p_i
+                mag = m_i if mag is None else mag + m_i
+            if rule.offset is not None:
+                mag = mag + rule.offset.abs()
+            err[node.output] = prop + gamma(rule.rounding) * mag
+        else:
+            err[node.output] = err[node.inputs[0]]
+    return err[graph.output_name].reshape(-1)
+
+
+__all__ = ["ForwardResult", "LinBound", "backward", "concretize", "float32_error", "forward", "forward_rows",
+           "gamma", "input_bound", "interval_rows", "lower_of", "stop_tensors"]

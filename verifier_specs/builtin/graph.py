@@ -1,0 +1,235 @@
+"""ONNX -> the builtin verifier's graph: one bound rule per node, in topological order.
+
+The reader accepts exactly the operators in ``operators.REGISTRY``. Everything else is
+refused with the node named (``node 'foo' (LSTM) is not supported by the builtin verifier;
+supported: ...``), as are weights that depend on the input, graphs with more than one
+input or output, and inputs without a batch dimension. Nodes whose inputs are all
+constants are folded with numpy for the few ops where that is unambiguous (onnxsim-
+simplified models have none).
+
+Shapes are found by running the graph once on a zero input of batch 1, which also checks
+that every rule accepts what it is given. :meth:`Graph.evaluate` is the float64 reference
+evaluation used for falsification candidates (never for verdicts: those are replayed on
+onnxruntime).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from .operators import REGISTRY, ActivationRule, AffineRule, NodeInfo, Rule, UnsupportedModel, supported_ops
+from .operators.base import DTYPE
+
+
+@dataclasses.dataclass
+class GNode:
+    rule: Rule
+    name: str
+    op_type: str
+    inputs: list[str]  # the bounded inputs, in the rule's order
+    output: str
+
+    @property
+    def affine(self) -> bool:
+        return isinstance(self.rule, AffineRule)
+
+
+@dataclasses.dataclass
+class Graph:
+    input_name: str
+    input_shape: tuple[int, ...]  # per sample
+    output_name: str
+    nodes: list[GNode]
+    shapes: dict[str, tuple[int, ...]]  # per-sample shape of every bounded tensor
+    relu_depth: dict[str, int]  # activations between a tensor and the output (longest path)
+    producer: dict[str, GNode]
+    last_use: dict[str, int]  # index of the last node reading a tensor (len(nodes): the output)
+
+    @property
+    def n_inputs(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def n_outputs(self) -> int:
+        return int(np.prod(self.shapes[self.output_name]))
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[N, n_outputs]`` for inputs ``[N, n_inputs]`` (float64, differentiable)."""
+        vals = {self.input_name: x.to(DTYPE).reshape((x.shape[0],) + self.input_shape)}
+        for k, node in enumerate(self.nodes):
+            vals[node.output] = node.rule.forward(*(vals[t] for t in node.inputs))
+            for t in node.inputs:
+                if self.last_use[t] == k:
+                    del vals[t]
+        return vals[self.output_name].reshape(x.shape[0], -1)
+
+
+class ModelError(UnsupportedModel):
+    """The ONNX file cannot be read at all."""
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, (list, tuple)):
+            v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    attrs = _attrs(node)
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in attrs:
+            return np.asarray(attrs[key])
+    raise UnsupportedModel(f"node '{node.name or node.output[0]}' (Constant): unsupported constant kind")
+
+
+def _fold(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray | None:
+    """Numpy value of a node whose inputs are all constants, for unambiguous ops only."""
+    op = node.op_type
+    if op == "Identity":
+        return args[0]
+    if op == "Neg":
+        return -args[0]
+    if op in ("Add", "Sub", "Mul", "Div") and len(args) == 2:
+        a, b = args
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b)
+    if op == "Reshape" and not _attrs(node).get("allowzero", 0):
+        shape = [int(s) if s != 0 else args[0].shape[k] for k, s in enumerate(args[1].reshape(-1))]
+        return args[0].reshape(shape)
+    return None
+
+
+def _node_name(node: onnx.NodeProto, k: int) -> str:
+    return node.name or (node.output[0] if node.output else f"#{k}")
+
+
+def load_model(source) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        return source
+    p = Path(source)
+    if not p.is_file():
+        raise ModelError(f"{p}: no such ONNX file")
+    try:
+        return onnx.load(str(p))
+    except Exception as e:  # protobuf raises several types for a corrupt file
+        raise ModelError(f"{p}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def read_graph(source) -> Graph:
+    """Build a :class:`Graph` from an ONNX path or ModelProto; UnsupportedModel on refusal."""
+    model = load_model(source)
+    g = model.graph
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1:
+        raise UnsupportedModel(f"the builtin verifier needs exactly one network input, found {len(inputs)}")
+    if len(g.output) != 1:
+        raise UnsupportedModel(f"the builtin verifier needs exactly one network output, found {len(g.output)}")
+    x = inputs[0]
+    tt = x.type.tensor_type
+    if tt.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise UnsupportedModel(f"input '{x.name}' is not a float tensor")
+    dims = list(tt.shape.dim)
+    if len(dims) < 2:
+        raise UnsupportedModel(f"input '{x.name}' needs a batch dimension and at least one more ([batch, n])")
+    if dims[0].HasField("dim_value") and dims[0].dim_value not in (0, 1):
+        raise UnsupportedModel(f"input '{x.name}' has batch dimension {dims[0].dim_value}, expected 1 or symbolic")
+    per_sample = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise UnsupportedModel(f"input '{x.name}' has a non-batch dimension of unknown size")
+        per_sample.append(int(d.dim_value))
+    input_shape = tuple(per_sample)
+
+    shapes: dict[str, tuple[int, ...]] = {x.name: input_shape}
+    values: dict[str, torch.Tensor] = {x.name: torch.zeros((1,) + input_shape, dtype=DTYPE)}
+    nodes: list[GNode] = []
+    for k, node in enumerate(g.node):
+        name = _node_name(node, k)
+        if node.op_type == "Constant":
+            consts[node.output[0]] = _constant_value(node)
+            continue
+        known_inputs = [t for t in node.input if t]
+        for t in known_inputs:
+            if t not in consts and t not in shapes:
+                raise UnsupportedModel(f"node '{name}' ({node.op_type}) reads '{t}', which no earlier node produces")
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModel(f"node '{name}' ({node.domain}.{node.op_type}) is not supported by the builtin "
+                                   f"verifier; supported: {', '.join(supported_ops())}")
+        if all(t in consts for t in known_inputs):
+            folded = _fold(node, [consts[t] for t in known_inputs])
+            if folded is None:
+                raise UnsupportedModel(f"node '{name}' ({node.op_type}) has only constant inputs; fold them first "
+                                       "(e.g. with onnxsim)")
+            consts[node.output[0]] = np.asarray(folded)
+            continue
+        rule_cls = REGISTRY.get(node.op_type)
+        if rule_cls is None:
+            raise UnsupportedModel(f"node '{name}' ({node.op_type}) is not supported by the builtin verifier; "
+                                   f"supported: {', '.join(supported_ops())}")
+        var_pos = [p for p, t in enumerate(node.input) if t and t not in consts]
+        info = NodeInfo(name=name, op_type=node.op_type, attrs=_attrs(node), inputs=list(node.input),
+                        consts={p: consts[t] for p, t in enumerate(node.input) if t and t in consts},
+                        var_pos=var_pos, var_shapes=[shapes[node.input[p]] for p in var_pos])
+        try:
+            rule = rule_cls.build(info)
+            out = rule.forward(*(values[node.input[p]] for p in var_pos))
+        except UnsupportedModel:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+            raise UnsupportedModel(f"node '{name}' ({node.op_type}): cannot evaluate it "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        if out.shape[0] != 1:
+            raise UnsupportedModel(f"node '{name}' ({node.op_type}) changes the batch dimension")
+        out_name = node.output[0]
+        values[out_name] = out
+        shapes[out_name] = tuple(out.shape[1:])
+        nodes.append(GNode(rule, name, node.op_type, [node.input[p] for p in var_pos], out_name))
+
+    out_name = g.output[0].name
+    if out_name not in shapes:
+        raise UnsupportedModel(f"output '{out_name}' does not depend on the input")
+    producer = {n.output: n for n in nodes}
+    # Longest path in activations from each tensor to the output: the backward (CROWN)
+    # pass stops at activation outputs at a chosen depth.
+    depth: dict[str, int] = {out_name: 0}
+    for n in reversed(nodes):
+        if n.output not in depth:
+            continue  # does not reach the output
+        d = depth[n.output] + (1 if isinstance(n.rule, ActivationRule) else 0)
+        for t in n.inputs:
+            depth[t] = max(depth.get(t, 0), d)
+    nodes = [n for n in nodes if n.output in depth]  # drop dead branches
+    return Graph(x.name, input_shape, out_name, nodes, shapes, depth, producer, _last_use(nodes, out_name))
+
+
+def _last_use(nodes: list[GNode], out_name: str) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for t in n.inputs:
+            last[t] = k
+    last[out_name] = len(nodes)
+    return last
+
+
+def file_key(path) -> tuple[str, int, int]:
+    """(resolved path, mtime_ns, size): a cache key that changes when the file is rewritten."""
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+__all__ = ["GNode", "Graph", "ModelError", "file_key", "load_model", "read_graph"]

@@ -1,0 +1,61 @@
+"""The builtin verifier's tunables (the keys of ``profiles/builtin.yaml``).
+
+Unknown keys and out-of-range values are rejected naming the key and the allowed range, as
+for every usnprune configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pruner.config import require
+
+BRANCHING = ("widest", "gradient")
+RELU_LOWER = ("adaptive", "parallel", "zero")
+
+
+@dataclasses.dataclass
+class BuiltinOptions:
+    batch: int = 32
+    branching: str = "widest"
+    backward_depth: int = -1
+    ibp: bool = False
+    relu_lower: str = "adaptive"
+    grid: int = 11
+    random_samples: int = 64
+    pgd_starts: int = 4
+    pgd_steps: int = 10
+    box_candidates: int = 8
+    max_replays: int = 4
+    margin_rel: float = 1e-5
+    margin_calibration: float = 100.0
+    rigorous_float32: bool = False
+    min_width: float = 1e-9
+    max_boxes: int = 2_000_000
+    threads: int = 1
+    profile_name: str = "builtin"
+
+    def check(self, where: str = "builtin") -> None:
+        require(1 <= self.batch <= 65536, f"{where}.batch", f"must be in [1, 65536], got {self.batch}")
+        require(self.branching in BRANCHING, f"{where}.branching",
+                f"must be one of {', '.join(BRANCHING)}, got {self.branching!r}")
+        require(self.relu_lower in RELU_LOWER, f"{where}.relu_lower",
+                f"must be one of {', '.join(RELU_LOWER)}, got {self.relu_lower!r}")
+        require(self.backward_depth >= -1, f"{where}.backward_depth",
+                f"must be -1 (back to the input) or >= 0, got {self.backward_depth}")
+        require(1 <= self.grid <= 1001, f"{where}.grid", f"must be in [1, 1001], got {self.grid}")
+        for key in ("random_samples", "pgd_starts", "pgd_steps", "max_replays", "box_candidates"):
+            v = getattr(self, key)
+            require(0 <= v <= 100000, f"{where}.{key}", f"must be in [0, 100000], got {v}")
+        require(self.max_replays >= 1, f"{where}.max_replays", f"must be >= 1, got {self.max_replays}")
+        require(1e-12 <= self.margin_rel <= 1e-1, f"{where}.margin_rel",
+                f"must be in [1e-12, 0.1], got {self.margin_rel}")
+        require(0 <= self.margin_calibration <= 1e6, f"{where}.margin_calibration",
+                f"must be in [0, 1e6], got {self.margin_calibration}")
+        require(0 < self.min_width <= 1e-3, f"{where}.min_width", f"must be in (0, 1e-3], got {self.min_width}")
+        require(self.max_boxes >= 1, f"{where}.max_boxes", f"must be >= 1, got {self.max_boxes}")
+        require(1 <= self.threads <= 256, f"{where}.threads", f"must be in [1, 256], got {self.threads}")
+
+    @property
+    def depth(self) -> int | None:
+        return None if self.backward_depth < 0 else self.backward_depth
