@@ -25,7 +25,7 @@ import pandas as pd
 
 from pruner.errors import UsnpruneError
 
-from .verify import RUN_FILE, RunSpec, load_manifest, write_table
+from .verify import RUN_FILE, RunSpec, write_table
 
 VERDICT_COLORS = {"certified": "#2ca02c", "falsified": "#d62728", "timeout": "#ff7f0e", "unknown": "#7f7f7f", "error": "#000000"}
 
@@ -44,9 +44,9 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     df = pd.read_csv(run / "instances.csv")
     if df.empty:
         raise ReportError(f"{run}: the run has no finished instance yet")
-    manifest = load_manifest(spec.bench)
-    if manifest:
-        m = pd.DataFrame(manifest.values())
+    manifest_path = Path(spec.bench) / "manifest.csv"
+    if manifest_path.is_file():
+        m = pd.read_csv(manifest_path)
         keep = [c for c in ("onnx", "vnnlib", "ref_u", "ref_v", "gt_u", "gt_v", "pred_u", "pred_v", "clean_error_px",
                             "violated_at_identity") if c in m.columns]
         df = df.merge(m[keep], on=["onnx", "vnnlib"], how="left")

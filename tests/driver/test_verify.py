@@ -1,0 +1,108 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driver.cli import main
+from driver.store import ResultStore
+from driver.verify import COLUMNS, Checker, verify
+from export.benchmark import ExportConfig, export_benchmark
+from verifier_specs.base import Instance, Verdict
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_checkpoint, small_checkpoint, synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vb") / "bench"
+    export_benchmark(ExportConfig(checkpoints=[str(tiny_checkpoint), str(small_checkpoint)], categories=["tiny", "small"],
+                                  data=str(synth_data), out=str(out), deltas=[0.05, 1.0], images=2, pool=2, timeout=10,
+                                  reference="prediction"), log=lambda s: None)
+    return out
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def test_serial_and_parallel_runs_agree_and_every_row_is_sound(bench, tmp_path):
+    a = verify(bench, tmp_path / "serial", executor="serial", log=_quiet)
+    b = verify(bench, tmp_path / "local", executor="local", workers=2, log=_quiet)
+    assert a["missing"] == b["missing"] == 0 and a["alarms"] == b["alarms"] == 0
+    da, db = (pd.read_csv(tmp_path / r / "instances.csv") for r in ("serial", "local"))
+    assert list(da.columns) == COLUMNS and len(da) == len(pd.read_csv(bench / "manifest.csv"))
+    assert list(da["verdict"]) == list(db["verdict"])
+    assert {"certified", "falsified"} <= set(da["verdict"])  # 1 px holds, 0.05 px breaks
+    assert not da[da["verdict"] == "certified"]["sample_violated"].any()
+    fals = da[da["verdict"] == "falsified"]
+    assert fals["cex_c"].between(0.9 - 1e-9, 1.1 + 1e-9).all() and fals["sample_violated"].notna().all()
+
+
+def test_kill_9_then_resume_finishes_without_duplicates(bench, tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, USNPRUNE_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "driver.cli", "verify", str(bench), "--out", str(run), "--executor", "serial"]
+    p = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(ResultStore(run).rows()) < 3:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done_before = ResultStore(run).rows()
+    assert 3 <= len(done_before)
+    with pytest.raises(Exception, match="pass --resume"):
+        verify(bench, run, log=_quiet)
+    res = verify(bench, run, resume=True, executor="serial", log=_quiet)
+    rows = ResultStore(run).rows()
+    total = len(pd.read_csv(bench / "manifest.csv"))
+    assert res["missing"] == 0 and len(rows) == total
+    for k, r in done_before.items():  # finished rows were kept, not redone
+        assert rows[k]["finished_at"] == r["finished_at"]
+    assert len(pd.read_csv(run / "instances.csv")) == total
+
+
+def test_bad_instances_become_error_rows(bench, tmp_path):
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(bench, broken)
+    rows = (broken / "instances.csv").read_text().splitlines()
+    onnx0, vnn0, t0 = rows[0].split(",")
+    (broken / vnn0).write_text("(declare-const X_0 Real)\n(assert (<= X_0 0.5)\n")  # unbalanced
+    rows.append(f"onnx/missing.onnx,{vnn0},5")
+    (broken / "instances.csv").write_text("\n".join(rows) + "\n")
+    res = verify(broken, tmp_path / "run", executor="serial", log=_quiet)
+    df = pd.read_csv(tmp_path / "run" / "instances.csv")
+    assert res["missing"] == 0 and len(df) == len(rows)
+    err = df[df["verdict"] == "error"]
+    assert len(err) == 2
+    assert err["message"].str.contains(":2:").any()  # the VNNLIB error names line and column
+    assert err["message"].str.contains("missing.onnx").any()
+
+
+def test_a_counterexample_that_does_not_replay_is_an_error(bench):
+    row = pd.read_csv(bench / "instances.csv", header=None).iloc[0]
+    inst = Instance(Path(bench), row[0], row[1], 5.0)
+    v, _ = Checker().check(inst, Verdict("falsified", 0.1, (1.0, 0.0), "made up"))  # identity never violates
+    assert v.status == "error" and "does not replay" in v.message
+    v, _ = Checker().check(inst, Verdict("falsified", 0.1, None, "no point"))
+    assert v.status == "error"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["verify", "/nonexistent/bench", "--out", "R"], "no such benchmark folder"),
+    (["verify", "BENCH", "--out", "R", "--backend", "nosuch"], "unknown backend 'nosuch'"),
+    (["verify", "BENCH", "--out", "R", "--timeout", "0"], "--timeout must be > 0"),
+])
+def test_bad_input_is_one_line(argv, match, bench, tmp_path, capsys):
+    argv = [str(bench) if a == "BENCH" else str(tmp_path / "r") if a == "R" else a for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err and len(err.splitlines()) == 1
