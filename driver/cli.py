@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def _box(args):
 def cmd_data_synth(args) -> int:
     from pruner.data.synthetic import generate
 
-    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, force=args.force)
+    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, force=args.force,
+                   progress=None if os.environ.get("USNPRUNE_NO_PROGRESS") != "1" else False)
     print(f"wrote a synthetic COCO-keypoints dataset to {out}")
     return 0
 

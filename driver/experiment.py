@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from pruner.config import ConfigError, from_dict, load_yaml, to_dict
 
-from .stages import STAGE_TABLE, STAGES, Context
+from .stages import STAGE_TABLE, STAGES, Context, check_train_section
 
 
 # ---- the runner ---------------------------------------------------------------------
@@ -62,6 +62,8 @@ def load_experiment(path: str | Path) -> tuple[Path, int, dict[str, Any], dict[s
         if typ is None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name}: expected a mapping")
+            if name == "train":
+                check_train_section(value, f"{where}.train")
             sections[name] = value
         else:
             sections[name] = from_dict(typ, value, where=f"{where}.{name}")

@@ -78,6 +78,12 @@ class Context:
         return sec.synth.size if sec.synth is not None else None
 
 
+def _progress() -> bool:
+    import os
+
+    return os.environ.get("USNPRUNE_NO_PROGRESS") != "1"
+
+
 # ---- stages -------------------------------------------------------------------------
 
 
@@ -89,7 +95,8 @@ def stage_data(ctx: Context, sec: DataSection) -> None:
     from pruner.data.synthetic import generate
 
     s = sec.synth
-    generate(ctx.out / "data", n_train=s.n_train, n_test=s.n_test, seed=s.seed, size=s.size, force=True)
+    generate(ctx.out / "data", n_train=s.n_train, n_test=s.n_test, seed=s.seed, size=s.size, force=True,
+             progress=_progress())
 
 
 def stage_train(ctx: Context, sec: dict) -> None:
@@ -146,6 +153,9 @@ class PruneSection:
             require(0.0 <= p < 1.0, f"{where}.sparsities", f"every sparsity must be in [0, 1), got {p}")
         bad = {"checkpoint", "data", "out", "method", "sparsity", "seed"} & set(self.options)
         require(not bad, f"{where}.options", f"{', '.join(sorted(bad))} are set by the experiment")
+        from pruner.prune import PruneConfig
+
+        from_dict(PruneConfig, dict(self.options, checkpoint="-", data="-", out="-"), f"{where}.options")
 
 
 def prune_runs(ctx: Context, sec: PruneSection) -> list[tuple[str, float, int, Path]]:
@@ -284,6 +294,15 @@ def stage_report(ctx: Context, sec: ReportSection) -> None:
     res = report(runs, ctx.stage_dir("report"), sheets=sec.sheets, log=ctx.log)
     if res["problems"]:
         raise ConfigError("report: certified PCK above the empirical ceiling: " + "; ".join(res["problems"]))
+
+
+def check_train_section(sec: dict, where: str) -> None:
+    """Validate the train section up front (it is a TrainConfig minus data/out/seed)."""
+    from pruner.train import TrainConfig
+
+    bad = {"data", "out", "seed"} & set(sec)
+    require(not bad, where, f"{', '.join(sorted(bad))} are set by the experiment")
+    from_dict(TrainConfig, dict(sec, data="-", out="-"), where)
 
 
 # Each entry: (section type or None for a free mapping passed to the stage, runner).
