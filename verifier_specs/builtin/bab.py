@@ -104,8 +104,6 @@ class _Group:
         self.owner = torch.as_tensor(owner, dtype=torch.long)
         self.D = len(items)
         self.R = len(owner)
-        self.onehot = torch.zeros(self.R, self.D, dtype=torch.float64)
-        self.onehot[torch.arange(self.R), self.owner] = 1.0
 
     def per_disjunct_max(self, v: torch.Tensor) -> torch.Tensor:
         """``[N, R]`` row values -> ``[N, D]`` max over each disjunct's rows."""

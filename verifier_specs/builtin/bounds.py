@@ -242,9 +242,10 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
                 acc[:, :, n] += (lam * rule.offset).reshape(B, R, -1).sum(-1)
         else:
             ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.name])
-            pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-            g = pos * ls + neg * us
-            acc[:, :, n] += (pos * lb + neg * ub).reshape(B, R, -1).sum(-1)
+            # a positive multiplier takes the lower relaxation, a negative one the upper
+            neg = lam < 0
+            g = lam * torch.where(neg, us, ls)
+            acc[:, :, n] += (lam * torch.where(neg, ub, lb)).reshape(B, R, -1).sum(-1)
             t = node.inputs[0]
             lams[t] = lams[t] + g if t in lams else g
     lam = lams.pop(graph.input_name, None)
