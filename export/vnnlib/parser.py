@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import VnnlibError
 from .model import Disjunct, Property
-from .tokenizer import ATOM, LPAREN, RPAREN, Token, tokenize
+from .tokenizer import LPAREN, RPAREN, Token, tokenize
 
 MAX_DISJUNCTS = 100_000  # beyond this the DNF expansion is almost certainly a mistake
 IGNORED_COMMANDS = frozenset({"check-sat", "get-model", "exit", "set-logic", "set-info", "set-option"})

@@ -33,7 +33,6 @@ def images():
 @pytest.fixture(scope="session")
 def nets():
     """Random and briefly trained 32x32 keypoint networks, by name."""
-    torch.set_num_threads(1)
     return {
         "random-tiny-0": keypoint_nets.random_net("tiny", seed=0),
         "random-small-1": keypoint_nets.random_net("small", seed=1),

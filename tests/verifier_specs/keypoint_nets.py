@@ -50,7 +50,17 @@ def synthetic(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def trained_net(arch: str | dict = "small", steps: int = 200, seed: int = 0, eps: float = 0.1,
                 batch: int = 32) -> KeypointNet:
-    """A KeypointNet trained for ``steps`` Adam steps on the synthetic task."""
+    """A KeypointNet trained for ``steps`` Adam steps on the synthetic task (on one thread:
+    these tensors are too small for OpenMP hand-offs to pay on a shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(arch, steps, seed, eps, batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(arch, steps, seed, eps, batch) -> KeypointNet:
     torch.manual_seed(seed)
     a = arch_from(arch, num_keypoints=NUM_KEYPOINTS)
     net = KeypointNet(a)

@@ -247,6 +247,19 @@ def test_golden_two_relu_network():
     assert par.out.lo.item() == 0.0 and par.out.hi.item() == 3.0
 
 
+def test_instability_scores_point_at_the_input_that_matters():
+    """On a black image z = c * 0 + b: only brightness moves any neuron, so only it scores."""
+    from pruner.models import KeypointNet, arch_from
+    from export.onnx_model import build_model, simplify
+
+    torch.manual_seed(0)
+    net = KeypointNet(arch_from({"conv": [2], "fc": [4], "input_size": 8, "num_keypoints": 1})).eval()
+    g = read_graph(simplify(build_model(np.zeros((1, 8, 8), dtype=np.float32), net.to_plain())))
+    fwd = bounds.forward(g, torch.as_tensor(LO)[None], torch.as_tensor(HI)[None], split_scores=True)
+    c_score, b_score = fwd.split_scores[0].tolist()
+    assert c_score == 0.0 and b_score > 0.0
+
+
 # ---- an independent dense implementation of forward-mode bounds + CROWN for MLPs ---------
 
 

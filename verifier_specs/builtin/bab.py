@@ -10,8 +10,9 @@ For each group of disjuncts that share an input box:
    property row ``C_r y <= b_r`` the lower bound of ``C_r y`` is the best of forward-mode
    linear bounds, the backward (CROWN) pass and interval bounds; a disjunct is closed on a
    box when one of its rows has ``lower - b_r > margin_r``; a box is closed when every
-   disjunct is. Open boxes are split in two along one input dimension; their centres and
-   the corners that minimise the worst row's linear bound are tried as counterexamples.
+   disjunct is. Open boxes are split in two along one input dimension (by default the one
+   that drives the most not-exactly-relaxed neurons, see ``bounds._instability``); the
+   centres and worst corners of the most promising ones are tried as counterexamples.
 3. ``certified`` when the queue empties; ``falsified`` as soon as a candidate replays;
    ``timeout`` when the deadline passes (checked before every batch); ``unknown`` when a box
    that cannot be closed is narrower than ``min_width`` (the property is within the safety
@@ -104,8 +105,6 @@ class _Group:
         self.owner = torch.as_tensor(owner, dtype=torch.long)
         self.D = len(items)
         self.R = len(owner)
-        self.onehot = torch.zeros(self.R, self.D, dtype=torch.float64)
-        self.onehot[torch.arange(self.R), self.owner] = 1.0
 
     def per_disjunct_max(self, v: torch.Tensor) -> torch.Tensor:
         """``[N, R]`` row values -> ``[N, D]`` max over each disjunct's rows."""
@@ -230,8 +229,9 @@ class Search:
     # ---- bounds -----------------------------------------------------------------------
 
     def _bound(self, grp: _Group, lo: torch.Tensor, hi: torch.Tensor,
-               open_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``lb [B, R]`` of ``C y`` and the linear lower-bound functions ``[B, R, K]`` behind it.
+               open_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``lb [B, R]`` of ``C y``, the linear lower-bound functions ``[B, R, K]`` behind it,
+        and the per-input instability scores ``[B, n]`` (for ``branching: unstable``).
 
         The backward pass, the expensive part, only runs for the rows of disjuncts still
         open on each box (``open_`` ``[B, D]``); closed rows keep their cheaper bounds.
@@ -239,7 +239,8 @@ class Search:
         g, opts = self.graph, self.opts
         B, n = lo.shape
         keep = bounds.stop_tensors(g, opts.depth)
-        fwd = bounds.forward(g, lo, hi, keep=keep, ibp=opts.ibp, relu_lower=opts.relu_lower)
+        fwd = bounds.forward(g, lo, hi, keep=keep, ibp=opts.ibp, relu_lower=opts.relu_lower,
+                             split_scores=opts.branching == "unstable")
         cf = bounds.forward_rows(fwd, grp.C)
         lbf = bounds.lower_of(cf, n)
         rows_open = open_[:, grp.owner]  # [B, R]
@@ -255,7 +256,7 @@ class Search:
         coefs = torch.where(use_c.unsqueeze(-1), cc, cf)
         lb = torch.maximum(torch.maximum(lbf, lbc), bounds.interval_rows(fwd, grp.C))
         self.boxes += B
-        return lb, coefs
+        return lb, coefs, fwd.split_scores
 
     def margins(self, grp: _Group, dev: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
         C_abs = grp.C.abs()
@@ -309,7 +310,7 @@ class Search:
             q_lo, q_hi, q_open, q_prio = q_lo[keep], q_hi[keep], q_open[keep], q_prio[keep]
 
             lo_t, hi_t = torch.as_tensor(b_lo), torch.as_tensor(b_hi)
-            lb, coefs = self._bound(grp, lo_t, hi_t, torch.as_tensor(b_open))
+            lb, coefs, scores = self._bound(grp, lo_t, hi_t, torch.as_tensor(b_open))
             gap = lb - grp.b - margin  # > 0: the row is infeasible on the box
             score = grp.per_disjunct_max(gap)  # [B, D] > 0: the disjunct is excluded
             # "closed" must be proven: written as ~(score > 0) so that a NaN bound keeps it open
@@ -328,7 +329,8 @@ class Search:
                                      true_lo, true_hi)
 
             p_lo, p_hi, p_open = b_lo[idx.numpy()], b_hi[idx.numpy()], still[idx].numpy()
-            dims = self._split_dims(grp, p_lo, p_hi, root_w, coefs[idx], gap[idx], still[idx])
+            dims = self._split_dims(grp, p_lo, p_hi, root_w, coefs[idx], gap[idx], still[idx],
+                                    scores[idx] if scores is not None else None)
             rows = np.arange(len(dims))
             width = p_hi[rows, dims] - p_lo[rows, dims]
             ok = width >= opts.min_width
@@ -345,8 +347,14 @@ class Search:
             q_prio = np.concatenate([q_prio, wd[rows], wd[rows]])
         return unresolved
 
-    def _split_dims(self, grp, lo, hi, root_w, coefs, gap, still) -> np.ndarray:
+    def _split_dims(self, grp, lo, hi, root_w, coefs, gap, still, scores) -> np.ndarray:
         rel = (hi - lo) / root_w
+        if self.opts.branching == "unstable":
+            sc = scores.numpy()
+            dims = sc.argmax(1)
+            flat = sc.max(1) <= 0  # nothing unstable left: fall back to the widest
+            dims[flat] = rel[flat].argmax(1)
+            return dims
         if self.opts.branching == "gradient":
             n = lo.shape[1]
             # The worst open row's linear bound: split where it varies most across the box.

@@ -55,6 +55,7 @@ class ForwardResult:
     kept: dict[str, LinBound]  # tensors the backward pass stops at
     intervals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # every tensor, when asked for
     n: int
+    split_scores: torch.Tensor | None = None  # [B, n]: how much each input drives unstable neurons
 
 
 def concretize(lw: torch.Tensor, uw: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +102,8 @@ def stop_tensors(graph: Graph, depth: int | None) -> set[str]:
 
 
 def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] = frozenset(),
-            ibp: bool = True, relu_lower: str = "adaptive", keep_intervals: bool = False) -> ForwardResult:
+            ibp: bool = True, relu_lower: str = "adaptive", keep_intervals: bool = False,
+            split_scores: bool = False) -> ForwardResult:
     """Forward-mode linear bounds over the boxes ``[lo, hi]`` (``[B, n]`` float64)."""
     B, n = lo.shape
     K = n + 1
@@ -109,6 +111,7 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
     relax: dict[str, tuple] = {}
     kept: dict[str, LinBound] = {}
     intervals: dict[str, tuple] = {}
+    scores = torch.zeros((B, n), dtype=DTYPE) if split_scores else None
     if graph.input_name in keep:
         kept[graph.input_name] = state[graph.input_name]
     if keep_intervals:
@@ -123,6 +126,8 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
         else:
             out, rel = _activation(rule, ins[0], n, relu_lower)
             relax[node.name] = rel
+            if scores is not None:
+                scores += _instability(ins[0], rel, n)
         state[node.output] = out
         if node.output in keep:
             kept[node.output] = out
@@ -131,7 +136,20 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
         for t in node.inputs:  # free what no later node reads
             if graph.last_use.get(t) == k and t != graph.output_name:
                 state.pop(t, None)
-    return ForwardResult(state[graph.output_name], relax, kept, intervals, n)
+    return ForwardResult(state[graph.output_name], relax, kept, intervals, n, scores)
+
+
+def _instability(x: LinBound, rel, n: int) -> torch.Tensor:
+    """``[B, n]``: for each input, its share of the range of every not-exactly-relaxed
+    neuron (|coefficient| / width), summed. Bisecting the input with the largest share
+    stabilises the most neurons: the "which input to split" signal for branching."""
+    ls, lb, us, ub = rel
+    loose = (ls != us) | (lb != ub)
+    if not bool(loose.any()):
+        return torch.zeros((x.lw.shape[0], n), dtype=DTYPE)
+    width = (x.hi - x.lo).clamp(min=1e-30)
+    share = (x.lw[:, :n].abs() + x.uw[:, :n].abs()) * (loose / width).unsqueeze(1)
+    return share.reshape(share.shape[0], n, -1).sum(-1)
 
 
 def _affine(rule: AffineRule, ins: list[LinBound], graph: Graph, node, B, K, n, shape, ibp) -> LinBound:
@@ -242,9 +260,10 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
                 acc[:, :, n] += (lam * rule.offset).reshape(B, R, -1).sum(-1)
         else:
             ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.name])
-            pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-            g = pos * ls + neg * us
-            acc[:, :, n] += (pos * lb + neg * ub).reshape(B, R, -1).sum(-1)
+            # a positive multiplier takes the lower relaxation, a negative one the upper
+            neg = lam < 0
+            g = lam * torch.where(neg, us, ls)
+            acc[:, :, n] += (lam * torch.where(neg, ub, lb)).reshape(B, R, -1).sum(-1)
             t = node.inputs[0]
             lams[t] = lams[t] + g if t in lams else g
     lam = lams.pop(graph.input_name, None)

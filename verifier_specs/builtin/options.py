@@ -10,14 +10,14 @@ import dataclasses
 
 from pruner.config import require
 
-BRANCHING = ("widest", "gradient")
+BRANCHING = ("widest", "gradient", "unstable")
 RELU_LOWER = ("adaptive", "parallel", "zero")
 
 
 @dataclasses.dataclass
 class BuiltinOptions:
     batch: int = 32
-    branching: str = "widest"
+    branching: str = "unstable"
     backward_depth: int = -1
     ibp: bool = False
     relu_lower: str = "adaptive"
