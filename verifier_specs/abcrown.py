@@ -80,6 +80,11 @@ DRIVER_OWNED = {
 }
 
 
+# What abcrown.py imports at start, third-party modules first so a failure names the package.
+PROBE_MODULES = ("torch", "torchvision", "onnx", "onnxruntime", "onnx2pytorch", "gurobipy", "auto_LiRPA",
+                 "arguments", "beta_CROWN_solver", "lp_mip_solver", "attack", "loading", "read_vnnlib")
+
+
 class AbcrownError(UsnpruneError):
     """alpha-beta-CROWN is not configured, or its installation cannot run."""
 
@@ -409,7 +414,7 @@ class _Staged:
 
 class AbcrownBackend(Backend):
     name = "abcrown"
-    _probes: dict[tuple[str, str], str | None] = {}  # (home, python) -> problem or None, per process
+    _probes: dict[tuple[str, str, str], str | None] = {}  # (home, python, env) -> problem or None, per process
 
     def __init__(self, profile: dict | None = None, **options: Any) -> None:
         dotted = {k: options.pop(k) for k in list(options) if k.startswith("abcrown_config.")}
@@ -448,9 +453,9 @@ class AbcrownBackend(Backend):
 
     def check_available(self) -> None:
         """The checkout and the Python exist, and that Python imports what the tool imports
-        first (torch, torchvision, then the tool's own modules)."""
+        at start (``PROBE_MODULES``); checked once per process and installation."""
         home, python = self.locate()
-        key = (str(home), python)
+        key = (str(home), python, json.dumps(self.settings.env, sort_keys=True, default=str))
         if key not in self._probes:
             self._probes[key] = self._probe(home, python)
         if self._probes[key]:
@@ -460,7 +465,7 @@ class AbcrownBackend(Backend):
         code = (
             "import importlib, json, sys\n"
             "sys.path.insert(0, '.')\n"
-            "for name in ('torch', 'torchvision', 'onnx2pytorch', 'auto_LiRPA', 'arguments', 'loading', 'beta_CROWN_solver'):\n"
+            f"for name in {PROBE_MODULES!r}:\n"
             "    try:\n"
             "        importlib.import_module(name)\n"
             "    except BaseException as e:\n"
@@ -485,7 +490,7 @@ class AbcrownBackend(Backend):
         if failure is None:
             return None
         module, error = failure
-        what = {"torch": "torch", "torchvision": "torchvision"}.get(module, f"alpha-beta-CROWN's module {module}")
+        what = module if module in PROBE_MODULES[:7] else f"alpha-beta-CROWN's module {module}"
         hint = ""
         if "torchvision::nms" in error:
             hint = (" (its torchvision was built for another torch: an environment problem of the alpha-beta-CROWN "
