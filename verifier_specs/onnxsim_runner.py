@@ -77,6 +77,14 @@ class OnnxsimRunner(Backend):
         except Exception:  # not installed in this interpreter
             return "onnxsim (unknown version)"
 
+    def check_available(self) -> None:
+        import importlib.util
+
+        from pruner.errors import UsnpruneError
+
+        if not self.options.python and importlib.util.find_spec("onnxsim") is None:
+            raise UsnpruneError("onnxsim is not installed (pip install onnxsim)")
+
     def verify(self, instance: Instance) -> Verdict:
         t0 = time.monotonic()
 

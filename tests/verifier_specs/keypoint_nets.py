@@ -8,13 +8,11 @@ brightness/contrast augmentation as the real pipeline. Everything is seeded.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import torch
 
-from export.onnx_model import build_model, run, session, simplify
+from export.onnx_model import build_model, simplify
 from pruner import perturbation
 from pruner.models import KeypointNet, arch_from
 
@@ -106,33 +104,3 @@ def property_text(ref: tuple[float, float], keypoint: int, n_outputs: int, delta
               f"    (and (<= Y_{jv} {v - delta!r}))",
               "))"]
     return "\n".join(lines) + "\n"
-
-
-def write_instances(folder: Path, net: KeypointNet, images: np.ndarray, deltas, tag: str = "net",
-                    eps: float = 0.1, keypoints=None) -> list[tuple[Path, Path, dict]]:
-    """ONNX per image, VNNLIB per (image, keypoint, delta); reference = the prediction at identity.
-
-    Returns ``(onnx_path, vnnlib_path, info)`` with info holding image, keypoint, delta,
-    reference and the largest sampled shift (from a 41 x 41 grid).
-    """
-    folder = Path(folder)
-    (folder / "onnx").mkdir(parents=True, exist_ok=True)
-    (folder / "vnnlib").mkdir(parents=True, exist_ok=True)
-    box = perturbation.Box(eps, eps)
-    out = []
-    for i, img in enumerate(images):
-        model = instance_model(net, img)
-        op = folder / "onnx" / f"{tag}_img{i}.onnx"
-        onnx.save(model, op)
-        sess = session(model)
-        y0 = run(sess, box.identity())[0]
-        grid = run(sess, box.grid(41))
-        n_out = len(y0)
-        for k in (range(n_out // 2) if keypoints is None else keypoints):
-            ref = (float(y0[2 * k]), float(y0[2 * k + 1]))
-            shift = float(np.abs(grid[:, 2 * k:2 * k + 2] - y0[2 * k:2 * k + 2]).max())
-            for d in deltas:
-                vp = folder / "vnnlib" / f"{tag}_img{i}_kp{k}_d{d:g}.vnnlib"
-                vp.write_text(property_text(ref, k, n_out, d, eps, eps))
-                out.append((op, vp, {"image": i, "keypoint": k, "delta": d, "ref": ref, "shift": shift}))
-    return out

@@ -180,8 +180,12 @@ def _affine(rule: AffineRule, ins: list[LinBound], graph: Graph, node, B, K, n, 
         if rule.offset is not None:
             m = _add_const(m, n, rule.offset)
         lw, uw = m - r, m + r
+    if getattr(rule, "moves_data", False):
+        # a reshape keeps every value: the input's interval (already intersected with
+        # everything known) is tighter than re-concretizing, and free
+        return LinBound(lw, uw, rule.apply(0, ins[0].lo), rule.apply(0, ins[0].hi))
     lo, hi = concretize(lw, uw, n)
-    if ibp and rule.rounding > 0:  # pure data movement gains nothing from IBP
+    if ibp and rule.rounding > 0:  # negation gains nothing from IBP
         mid = rad = None
         for i, b in enumerate(ins):
             mi = rule.apply(i, (b.lo + b.hi) * 0.5)
@@ -192,8 +196,7 @@ def _affine(rule: AffineRule, ins: list[LinBound], graph: Graph, node, B, K, n, 
             mid = mid + rule.offset
         lo = torch.maximum(lo, mid - rad)
         hi = torch.minimum(hi, mid + rad)
-    out = LinBound(lw, uw, lo, hi)
-    return out
+    return LinBound(lw, uw, lo, hi)
 
 
 def _activation(rule: ActivationRule, x: LinBound, n: int, mode: str):

@@ -16,6 +16,7 @@ from .base import AffineRule, NodeInfo
 
 class _Reshaping(AffineRule):
     rounding = 0
+    moves_data = True  # y is a rearrangement of x: intervals map through apply as they are
 
     def __init__(self, info: NodeInfo) -> None:
         super().__init__(info)
