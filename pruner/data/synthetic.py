@@ -88,7 +88,7 @@ class SynthOptions:
     """How views, lighting and backgrounds are drawn (angles in degrees, lengths in body units).
 
     The aircraft is about 2 units long and 2 units wide; ``focal`` is the focal length as a
-    multiple of the image size, so with the defaults the aircraft spans roughly 55-90% of the
+    multiple of the image size, so with the defaults the keypoints span roughly 55-85% of the
     frame whatever the resolution.
     """
 
@@ -280,7 +280,7 @@ class Sample:
     keypoints: np.ndarray  # [K, 2] (x, y) pixels, also for keypoints outside the image
     flags: np.ndarray  # [K] int8, COCO v: 2 visible, 1 occluded by the aircraft, 0 outside
     coverage: np.ndarray  # [S, S] fraction of each pixel covered by the aircraft
-    bbox: tuple[float, float, float, float]  # (x, y, w, h) of the covered area, in pixels
+    bbox: tuple[float, float, float, float]  # (x, y, w, h): covered pixels and labelled keypoints
 
     def image_u8(self) -> np.ndarray:
         return np.round(self.image * 255.0).astype(np.uint8)
