@@ -38,6 +38,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import from_dict, require, to_dict
 from ..errors import ConfigError, DataError
@@ -546,11 +547,12 @@ def generate(
     (out / MANIFEST).write_text(json.dumps({**info, "n_train": counts["train"], "n_test": counts["test"]}, indent=2) + "\n")
     if earlier is not None:
         for split in SPLITS:
+            # The old annotations go before any image changes, so an interrupted run never
+            # leaves annotations that describe other images.
+            (out / "annotations" / f"keypoints_{split}.json").unlink(missing_ok=True)
             old = earlier.get(f"n_{split}")
             for i in range(counts[split], old if isinstance(old, int) else 0):
                 (out / "images" / split / f"{i + 1:06d}.png").unlink(missing_ok=True)
-
-    from tqdm import tqdm
 
     total = counts["train"] + counts["test"]
     show = total > 200 if progress is None else progress

@@ -188,6 +188,21 @@ def test_replaces_an_earlier_dataset_removing_only_its_own_stale_images(tmp_path
     assert _json(root, "train")["info"]["seed"] == 2 and len(_json(root, "train")["images"]) == 3
 
 
+def test_an_interrupted_regeneration_leaves_no_stale_annotations(tmp_path, monkeypatch):
+    root = generate(tmp_path / "ds", n_train=3, n_test=1, seed=1)
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "render_sample", broken)
+    with pytest.raises(KeyboardInterrupt):
+        generate(root, n_train=3, n_test=1, seed=2)
+    assert not list((root / "annotations").glob("*.json"))
+    monkeypatch.undo()
+    generate(root, n_train=3, n_test=1, seed=2)  # still recognised as ours
+    assert _json(root, "train")["info"]["seed"] == 2
+
+
 def test_refuses_a_file_as_output(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
