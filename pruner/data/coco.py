@@ -93,7 +93,8 @@ class KeypointDataset:
         )
 
     def to_torch(self):
-        """``(images [N,1,S,S] float32, keypoints [N,K,2] float32, visible [N,K] bool)`` tensors."""
+        """``(images [N,1,S,S] float32, keypoints [N,K,2] float32, visible [N,K] bool)`` tensors
+        (images and keypoints share memory with the arrays)."""
         import torch
 
         return torch.from_numpy(self.images), torch.from_numpy(self.keypoints), torch.from_numpy(self.visible)
@@ -156,6 +157,10 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _items(path: Path, data: dict, image_dir: Path, cat_ids: set, k: int) -> tuple[list[_Item], Counter]:
     """Every annotation with a labelled keypoint, in file order; and annotations per image."""
     images = {}
@@ -168,6 +173,8 @@ def _items(path: Path, data: dict, image_dir: Path, cat_ids: set, k: int) -> tup
         if not isinstance(ann, dict) or ann.get("category_id") not in cat_ids or ann.get("iscrowd", 0):
             continue
         aid = ann.get("id", i)
+        if not _integer(aid) or not _integer(ann.get("image_id")):
+            raise DataError(f"{path}: annotations[{i}] has an 'id' or 'image_id' that is not an integer")
         if "keypoints" not in ann:
             continue
         with_keypoints += 1
@@ -222,7 +229,7 @@ def _decode(item: _Item, path: Path) -> np.ndarray:
                 arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise DataError(f"{item.file}: image file not found (image id {item.image_id} in {path})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{item.file}: cannot read image: {e}") from None
     h, w = arr.shape
     if item.width not in (None, w) or item.height not in (None, h):
@@ -284,7 +291,7 @@ def _cache_file(path: Path, items: list[_Item], options: dict, raw: bytes) -> Pa
             st = file.stat()
         except OSError:
             return None  # a missing image is reported while decoding
-        h.update(f"{file.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return path.parent / CACHE_DIR / f"{path.stem}-{options['size']}-{options['crop']}-{h.hexdigest()[:20]}.npz"
 
 

@@ -38,6 +38,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import from_dict, require, to_dict
 from ..errors import ConfigError, DataError
@@ -88,20 +89,26 @@ class SynthOptions:
     """How views, lighting and backgrounds are drawn (angles in degrees, lengths in body units).
 
     The aircraft is about 2 units long and 2 units wide; ``focal`` is the focal length as a
-    multiple of the image size, so with the defaults the aircraft spans roughly 55-90% of the
+    multiple of the image size, so with the defaults the keypoints span roughly 60-80% of the
     frame whatever the resolution.
+
+    The defaults are tuned so that a plain ~270k-parameter CNN trained 30 epochs on 4000
+    images reaches about 95% of keypoints within 2 px at 32x32
+    (benchmarks/synthetic_learnability.py): learnable, not trivial. Wider pose ranges and
+    more ``clutter`` make the task harder.
     """
 
     supersample: int = 4  # rays per pixel along each axis (anti-aliasing)
     focal: float = 1.2
-    distance: tuple[float, float] = (2.8, 3.8)
-    elevation: tuple[float, float] = (15.0, 65.0)  # camera above the aircraft's horizon
+    distance: tuple[float, float] = (3.0, 3.5)
+    elevation: tuple[float, float] = (20.0, 60.0)  # camera above the aircraft's horizon
     yaw: tuple[float, float] = (-180.0, 180.0)  # heading, drawn uniformly
-    pitch: float = 20.0  # aircraft pitch drawn from [-pitch, pitch]
-    roll: float = 30.0  # aircraft bank drawn from [-roll, roll]
-    shift: float = 0.08  # image-plane shift of the centre, as a fraction of the size
+    pitch: float = 10.0  # aircraft pitch drawn from [-pitch, pitch]
+    roll: float = 15.0  # aircraft bank drawn from [-roll, roll]
+    shift: float = 0.05  # image-plane shift of the centre, as a fraction of the size
     background: Literal["clutter", "plain"] = "clutter"  # plain: uniform, no noise
-    noise: tuple[float, float] = (0.004, 0.03)  # std of pixel noise, drawn per image
+    clutter: float = 0.3  # scales the background's gradient, texture, blobs, stripes and shapes
+    noise: tuple[float, float] = (0.004, 0.02)  # std of pixel noise, drawn per image
 
     def check(self, where: str = "synthetic") -> None:
         require(1 <= self.supersample <= 16, f"{where}.supersample", f"must be in 1..16, got {self.supersample}")
@@ -115,6 +122,7 @@ class SynthOptions:
             )
         require(0 <= self.pitch <= 90, f"{where}.pitch", f"must be in [0, 90], got {self.pitch}")
         require(0 <= self.roll <= 180, f"{where}.roll", f"must be in [0, 180], got {self.roll}")
+        require(0 <= self.clutter <= 3, f"{where}.clutter", f"must be in [0, 3], got {self.clutter}")
         require(0 <= self.shift <= 0.5, f"{where}.shift", f"must be in [0, 0.5], got {self.shift}")
 
 
@@ -281,7 +289,7 @@ class Sample:
     keypoints: np.ndarray  # [K, 2] (x, y) pixels, also for keypoints outside the image
     flags: np.ndarray  # [K] int8, COCO v: 2 visible, 1 occluded by the aircraft, 0 outside
     coverage: np.ndarray  # [S, S] fraction of each pixel covered by the aircraft
-    bbox: tuple[float, float, float, float]  # (x, y, w, h) of the covered area, in pixels
+    bbox: tuple[float, float, float, float]  # (x, y, w, h): covered pixels and labelled keypoints
 
     def image_u8(self) -> np.ndarray:
         return np.round(self.image * 255.0).astype(np.uint8)
@@ -321,18 +329,19 @@ def _background(rng: np.random.Generator, size: int, level: float, opt: SynthOpt
     c = (np.arange(size) + 0.5) / size
     yy, xx = np.meshgrid(c, c, indexing="ij")
     a = rng.uniform(0, 2 * np.pi)
-    bg += rng.uniform(0.0, 0.35) * ((xx - 0.5) * np.cos(a) + (yy - 0.5) * np.sin(a))
+    k = opt.clutter  # scales every amplitude below
+    bg += k * rng.uniform(0.0, 0.35) * ((xx - 0.5) * np.cos(a) + (yy - 0.5) * np.sin(a))
     g = int(rng.integers(3, 7))
-    bg += rng.uniform(0.0, 0.12) * _upsample(rng.uniform(-1, 1, (g, g)), size)
+    bg += k * rng.uniform(0.0, 0.12) * _upsample(rng.uniform(-1, 1, (g, g)), size)
     for _ in range(int(rng.integers(0, 4))):
         cx, cy = rng.uniform(0, 1, 2)
         sig = rng.uniform(0.08, 0.3)
-        bg += rng.uniform(-0.2, 0.2) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sig * sig))
+        bg += k * rng.uniform(-0.2, 0.2) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sig * sig))
     if rng.uniform() < 0.35:
         b = rng.uniform(0, np.pi)
         period = rng.uniform(3, 10) / 32  # in units of the image width
         phase = (xx * np.cos(b) + yy * np.sin(b)) / period
-        bg += rng.uniform(0.03, 0.1) * np.sin(2 * np.pi * phase + rng.uniform(0, 2 * np.pi))
+        bg += k * rng.uniform(0.03, 0.1) * np.sin(2 * np.pi * phase + rng.uniform(0, 2 * np.pi))
     px = xx * size  # pixel units, for crisp but anti-aliased clutter edges
     py = yy * size
     for _ in range(int(rng.integers(0, 4))):
@@ -345,7 +354,7 @@ def _background(rng: np.random.Generator, size: int, level: float, opt: SynthOpt
             dist = np.maximum(np.abs(du) - hw, np.abs(dv) - hh)
         else:  # ellipse, distance approximated in pixels
             dist = (np.sqrt((du / hw) ** 2 + (dv / hh) ** 2) - 1) * min(hw, hh)
-        bg += rng.uniform(-0.3, 0.3) * np.clip(0.5 - dist, 0, 1)
+        bg += k * rng.uniform(-0.3, 0.3) * np.clip(0.5 - dist, 0, 1)
     return bg
 
 
@@ -405,7 +414,7 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     # margin, brighter or darker, and its shading spans a random range.
     level = rng.uniform(0.15, 0.85)
     bright = level < 0.4 or (level <= 0.6 and rng.uniform() < 0.5)
-    gap = rng.uniform(0.2, 0.35)
+    gap = rng.uniform(0.25, 0.4)
     mid = level + gap if bright else level - gap
     half = rng.uniform(0.1, min(0.25, gap - 0.08))  # the darkest shade still stands out
     lo, hi = max(mid - half, 0.0), min(mid + half, 1.0)
@@ -413,7 +422,7 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     # shade is already coverage-weighted (mean over supersamples of tone * lambert)
     img = bg * (1.0 - coverage) + lo * coverage + (hi - lo) * shade
     if opt.background != "plain":
-        img = level + (img - level) * rng.uniform(0.75, 1.15) + rng.uniform(-0.08, 0.08)
+        img = level + (img - level) * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
         img = img + rng.normal(0.0, rng.uniform(*opt.noise), img.shape)
     img = np.clip(img, 0.0, 1.0)
 
@@ -539,11 +548,12 @@ def generate(
     (out / MANIFEST).write_text(json.dumps({**info, "n_train": counts["train"], "n_test": counts["test"]}, indent=2) + "\n")
     if earlier is not None:
         for split in SPLITS:
+            # The old annotations go before any image changes, so an interrupted run never
+            # leaves annotations that describe other images.
+            (out / "annotations" / f"keypoints_{split}.json").unlink(missing_ok=True)
             old = earlier.get(f"n_{split}")
             for i in range(counts[split], old if isinstance(old, int) else 0):
                 (out / "images" / split / f"{i + 1:06d}.png").unlink(missing_ok=True)
-
-    from tqdm import tqdm
 
     total = counts["train"] + counts["test"]
     show = total > 200 if progress is None else progress

@@ -329,3 +329,10 @@ def test_bad_options(tmp_path, kwargs, match):
     args = {"size": 8, **kwargs}
     with pytest.raises(ConfigError, match=match):
         load_coco(path, imgs, **args)
+
+
+def test_error_non_integer_ids(tmp_path):
+    path, imgs = _good(tmp_path)
+    _edit(path, lambda d: d["annotations"][0].__setitem__("image_id", "1"))
+    with pytest.raises(DataError, match=r"annotations\[0\] has an 'id' or 'image_id' that is not an integer"):
+        load_coco(path, imgs, 8)
