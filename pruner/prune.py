@@ -59,7 +59,8 @@ class ScheduleConfig:
     finetune_epochs: int = 1  # per step: after removal
     final_epochs: int = 2  # after the last step
     lambda_s: float = 2e-4  # weight of sum (1 - USN_j) |g_j|
-    lambda_w: float = 0.05  # weight of W1(G, T_p) (usn_w only)
+    lambda_w: float = 1.0  # weight of W1(G, T_p) (usn_w only)
+    gate_lr: float = 0.02  # Adam learning rate of the gates: they must be able to travel to 0 in reg_epochs
 
     def check(self, where: str) -> None:
         require(self.steps >= 1, f"{where}.steps", f"must be >= 1, got {self.steps}")
@@ -67,6 +68,7 @@ class ScheduleConfig:
             require(getattr(self, k) >= 0, f"{where}.{k}", "must be >= 0")
         require(self.lambda_s >= 0, f"{where}.lambda_s", "must be >= 0")
         require(self.lambda_w >= 0, f"{where}.lambda_w", "must be >= 0")
+        require(self.gate_lr > 0, f"{where}.gate_lr", "must be > 0")
 
 
 @dataclasses.dataclass
@@ -78,6 +80,7 @@ class PruneConfig:
     sparsity: float = 0.5  # share of prunable units removed
     ranking: Literal["global", "layer"] = "global"
     min_keep: int = 1  # units every layer keeps (global ranking)
+    min_keep_ratio: float = 0.1  # ... and at least this share of its original width (global ranking)
     eps_c: float = 0.1  # the box USN is scored on
     eps_b: float = 0.1
     bound_weight: float = 0.0  # weight of the bound-based stability term in USN (0 = off)
@@ -94,6 +97,7 @@ class PruneConfig:
     def check(self, where: str) -> None:
         require(0.0 <= self.sparsity < 1.0, f"{where}.sparsity", f"must be in [0, 1), got {self.sparsity}")
         require(self.min_keep >= 1, f"{where}.min_keep", f"a layer must keep at least one unit, got {self.min_keep}")
+        require(0.0 <= self.min_keep_ratio < 1.0, f"{where}.min_keep_ratio", f"must be in [0, 1), got {self.min_keep_ratio}")
         perturbation.check_eps(self.eps_c, self.eps_b, where)
         require(0.0 <= self.bound_weight <= 1.0, f"{where}.bound_weight", f"must be in [0, 1], got {self.bound_weight}")
         for d in self.eval_deltas:
@@ -112,7 +116,7 @@ def load_prune_config(path: str, **overrides) -> PruneConfig:
 
 
 def select_removal(scores: dict[str, np.ndarray], n_remove: dict[str, int] | int, ranking: str = "global",
-                   min_keep: int = 1, comparable: bool = True) -> dict[str, np.ndarray]:
+                   min_keep: int | dict[str, int] = 1, comparable: bool = True) -> dict[str, np.ndarray]:
     """Indices to remove per layer: the lowest-scored units.
 
     ``global``: ``n_remove`` (an int) units across all layers; scores of layers are made
@@ -129,11 +133,13 @@ def select_removal(scores: dict[str, np.ndarray], n_remove: dict[str, int] | int
             out[n] = np.sort(np.argsort(s, kind="stable")[:k])
         return out
     total = int(n_remove)
-    capacity = sum(max(0, w - min_keep) for w in widths.values())
+    keep_min = {n: (min_keep[n] if isinstance(min_keep, dict) else int(min_keep)) for n in widths}
+    capacity = sum(max(0, w - keep_min[n]) for n, w in widths.items())
     if total > capacity:
+        what = f"min_keep={min_keep}" if not isinstance(min_keep, dict) else f"its minimum ({keep_min})"
         raise ConfigError(
-            f"cannot remove {total} units while every layer keeps min_keep={min_keep} "
-            f"(at most {capacity} are removable); lower the sparsity or min_keep"
+            f"cannot remove {total} units while every layer keeps {what} "
+            f"(at most {capacity} are removable); lower the sparsity, min_keep or min_keep_ratio"
         )
     flat = []
     for n, s in scores.items():
@@ -148,7 +154,7 @@ def select_removal(scores: dict[str, np.ndarray], n_remove: dict[str, int] | int
     for v, n, j in flat:
         if total == 0:
             break
-        if left[n] > min_keep:
+        if left[n] > keep_min[n]:
             out[n].append(j)
             left[n] -= 1
             total -= 1
@@ -180,6 +186,7 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
     sch = cfg.schedule
     widths0 = model.widths()
     n0 = sum(widths0.values())
+    keep_min = {n: max(cfg.min_keep, int(np.ceil(cfg.min_keep_ratio * w))) for n, w in widths0.items()}
     targets = step_targets(widths0, cfg.sparsity, sch.steps, cfg.ranking)
     removed_total = {n: 0 for n in widths0}
     model = model.to(device)
@@ -217,7 +224,8 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
 
             extra_params = list(gates.values())
         fit(model, train_images, train_kps, train_mask, _epochs(cfg.optim, sch.reg_epochs), cfg.augment, gen, device,
-            extra_loss=extra_loss, extra_params=extra_params, desc=f"{cfg.method} step {s}/{sch.steps}: regularize")
+            extra_loss=extra_loss, extra_params=extra_params, extra_lr=sch.gate_lr,
+            desc=f"{cfg.method} step {s}/{sch.steps}: regularize")
         # 3: remove
         if n_now > 0:
             if cfg.method in GATED:
@@ -231,7 +239,7 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
                 scores = importance(model, calib)
                 comparable = importance.comparable
             remove = select_removal(scores, per_layer if per_layer is not None else n_now, cfg.ranking,
-                                    cfg.min_keep, comparable)
+                                    keep_min, comparable)
             model = prune_units(model, keep_from_remove(widths, remove)).to(device)
             for n, r in remove.items():
                 removed_total[n] += len(r)

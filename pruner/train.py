@@ -128,13 +128,15 @@ def fit(
     device: torch.device = torch.device("cpu"),
     extra_loss: Callable[[KeypointNet], torch.Tensor] | None = None,
     extra_params: list[nn.Parameter] | None = None,
+    extra_lr: float | None = None,
     desc: str = "train",
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns one history row per epoch.
 
     ``extra_loss(model)`` is added to every batch's task loss (the pruning regularizers);
-    ``extra_params`` are optimized too (the gates) without weight decay.
+    ``extra_params`` are optimized too (the gates), without weight decay and with their own
+    base learning rate ``extra_lr`` (same schedule).
     """
     model.to(device).train()
     n = images.shape[0]
@@ -142,7 +144,7 @@ def fit(
     params = [p for name, p in model.named_parameters() if not name.startswith("gate_params")]
     groups = [{"params": params, "weight_decay": optim.weight_decay}]
     if extra_params:
-        groups.append({"params": list(extra_params), "weight_decay": 0.0})
+        groups.append({"params": list(extra_params), "weight_decay": 0.0, "base_lr": extra_lr or optim.lr})
     opt = torch.optim.AdamW(groups, lr=optim.lr)
     steps_per_epoch = max(1, math.ceil(n / optim.batch_size))
     total = optim.epochs * steps_per_epoch
@@ -165,7 +167,7 @@ def fit(
                     xa = torch.where(keep.view(-1, 1, 1, 1), x, xa)
                 x = xa
             for g in opt.param_groups:
-                g["lr"] = optim.lr * lr_at(step, total, warmup, optim.schedule)
+                g["lr"] = g.get("base_lr", optim.lr) * lr_at(step, total, warmup, optim.schedule)
             task = keypoint_loss(model(x), keypoints[idx].to(device), mask[idx].to(device), size)
             extra = extra_loss(model) if extra_loss is not None else torch.zeros((), device=device)
             loss = task + extra
