@@ -404,11 +404,16 @@ def _watch(tasks: list[_Task], array_id: str, run_dir: Path, keys: set[str], opt
             if open_tasks and now - last_poll >= min(opts.poll_s, max(2.0, (now - t0) / 4)):
                 last_poll = now
                 states = _sacct_states(array_id, parse)
+                queued: dict[str, str] | None = {}
                 if any(t.job.job_id not in states for t in open_tasks):
-                    states = {**_squeue_states(array_id), **states}
+                    queued = _squeue_states(array_id)
+                    states = {**(queued or {}), **states}
                 for t in open_tasks:
                     t.state = states.get(t.job.job_id, "UNKNOWN")
-                    t.unseen_since = (t.unseen_since or now) if t.state == "UNKNOWN" else None
+                    if t.state != "UNKNOWN":
+                        t.unseen_since = None
+                    elif queued is not None:  # squeue answered and does not list it either
+                        t.unseen_since = t.unseen_since or now
             for t in open_tasks:
                 _settle(t, now)
             counts = _counts(tasks)
@@ -507,14 +512,18 @@ def _sacct_states(array_id: str, parse) -> dict[str, str]:
     return {jid: (d.get("State") or "UNKNOWN").split()[0].upper() for jid, d in info.items()}
 
 
-def _squeue_states(array_id: str) -> dict[str, str]:
+def _squeue_states(array_id: str) -> dict[str, str] | None:
     """Task states from slurmctld (``-t all`` includes recently ended tasks): used while
-    accounting has no record of a task yet, or where the cluster has no accounting."""
+    accounting has no record of a task yet, or where the cluster has no accounting.
+    None when slurmctld did not answer (then nothing can be concluded from an absence)."""
     try:
         p = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T"], capture_output=True,
                            text=True, timeout=SLURM_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if p.returncode != 0:
+        # the whole array has left slurmctld's memory: an answer ("none of them"), not a failure
+        return {} if "invalid job id" in (p.stderr or "").lower() else None
     out = {}
     for line in p.stdout.splitlines():
         if "|" in line:
