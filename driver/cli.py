@@ -164,7 +164,7 @@ def cmd_verify(args) -> int:
         from .verify import cross_check
 
         cross_check(args.bench, args.out, args.cross_check, timeout=args.timeout)
-    return 1 if res["alarms"] else 0
+    return 1 if res["alarms"] or res["missing"] else 0  # missing: e.g. failed Slurm tasks; --resume
 
 
 def cmd_report(args) -> int:

@@ -82,6 +82,20 @@ class Progress:
         self.bar.close()
 
 
+def preflight(kind: str, run_dir: Path, options: dict | None, log: Callable[[str], None] = print) -> None:
+    """Checks an executor can run at all, before the run folder is created (so a typo in a
+    partition name does not leave a half-made run behind)."""
+    if kind == "slurm":
+        from .slurm import preflight as slurm_preflight
+
+        slurm_preflight(run_dir, options, log)
+    elif kind not in ("serial", "local"):
+        raise ConfigError(f"unknown executor {kind!r} (serial, local, slurm)")
+    elif options:
+        raise ConfigError(f"{', '.join(sorted(options))}: options of the slurm executor, not of {kind} "
+                          f"(add --executor slurm)")
+
+
 def execute(kind: str, spec, run_dir: Path, instances: list[Instance], workers: int = 1,
             chunk_size: int | None = None, options: dict | None = None, log: Callable[[str], None] = print) -> None:
     if kind == "serial" or (kind == "local" and workers == 1 and not options):

@@ -257,6 +257,12 @@ class VerifySection:
         require(self.workers >= 1, f"{where}.workers", f"must be >= 1, got {self.workers}")
         require(self.timeout is None or self.timeout > 0, f"{where}.timeout", "must be > 0")
         require(self.executor in ("serial", "local", "slurm"), f"{where}.executor", "must be serial, local or slurm")
+        if self.executor == "slurm":
+            from .slurm import parse_options
+
+            parse_options(self.executor_options, f"{where}.executor_options")
+        else:
+            require(not self.executor_options, f"{where}.executor_options", "only the slurm executor takes options")
         require(len(self.backends) >= 1, f"{where}.backends", "give at least one backend")
 
 

@@ -299,6 +299,7 @@ def verify(bench: str | Path, out: str | Path, backend: str = "builtin", workers
     probe = load_backend(backend, **(options or {}))  # unknown backend/profile: fail before creating anything
     probe.check_available()
     run_dir = Path(out)
+    executors.preflight(executor, run_dir, executor_options or {}, log)  # e.g. no Slurm: before the run folder exists
     spec = prepare_run(bench, run_dir, backend, options or {}, timeout, resume)
     finished = ResultStore(run_dir).finished_keys()
     todo = [i for i in instances if i.key not in finished]
