@@ -80,7 +80,7 @@ class PruneConfig:
     sparsity: float = 0.5  # share of prunable units removed
     ranking: Literal["global", "layer"] = "global"
     min_keep: int = 1  # units every layer keeps (global ranking)
-    min_keep_ratio: float = 0.1  # ... and at least this share of its original width (global ranking)
+    min_keep_ratio: float = 0.05  # ... and at least this share of its original width (global ranking)
     eps_c: float = 0.1  # the box USN is scored on
     eps_b: float = 0.1
     bound_weight: float = 0.0  # weight of the bound-based stability term in USN (0 = off)
