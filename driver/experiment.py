@@ -6,8 +6,10 @@ are skipped. Each stage writes into ``<out>/<stage>/`` and, last, a stamp
 ``<out>/<stage>/stage.json`` holding a hash of its configuration chained with the hashes
 of the stages before it. A stage whose stamp matches is skipped, so re-running a finished
 or interrupted experiment continues where it stopped; a stage whose configuration (or an
-upstream stage's) changed is refused unless ``--force``, so results from two
-configurations are never mixed.
+upstream stage's) changed is refused unless ``--force``, which redoes exactly the stale
+stages (and, through the chained hashes, everything after them), so results from two
+configurations are never mixed. Stages whose stamp matches are never redone; delete a
+stage's folder to redo it with the same configuration.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def run_experiment(path: str | Path, force: bool = False, only: list[str] | None
         if bad:
             raise ConfigError(f"--only: {', '.join(bad)} not in the experiment (it has {', '.join(sections)})")
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out=out, sections=sections, seeds=seeds, force=force, log=log)
+    ctx = Context(out=out, sections=sections, seeds=seeds, log=log)
     chain = _hash({"seeds": seeds})
     t_all = time.perf_counter()
     for name in STAGES:
@@ -89,21 +91,24 @@ def run_experiment(path: str | Path, force: bool = False, only: list[str] | None
         stamp = ctx.stage_dir(name) / "stage.json"
         if only and name not in only:
             continue
-        if stamp.is_file() and not force:
-            prev = json.loads(stamp.read_text())
-            if prev.get("hash") == chain:
+        started = ctx.stage_dir(name) / "stage.started.json"
+        stale = False
+        if stamp.is_file():
+            if json.loads(stamp.read_text()).get("hash") == chain:
                 log(f"[{name}] up to date ({stamp})")
                 continue
+            stale = True
+        elif started.is_file() and json.loads(started.read_text()).get("hash") != chain:
+            stale = True
+        if stale and not force:
             raise ConfigError(
                 f"stage {name!r} in {out} was run with a different configuration (or different upstream "
                 f"stages); pass --force to redo it, or choose another 'out'"
             )
-        started = ctx.stage_dir(name) / "stage.started.json"
-        if started.is_file() and not force and json.loads(started.read_text()).get("hash") != chain:
-            raise ConfigError(
-                f"stage {name!r} in {out} was started with a different configuration and did not finish; "
-                f"pass --force to redo it, or choose another 'out'"
-            )
+        # a stale stage is redone whole; a stage that never finished continues item by item
+        ctx.force = stale
+        if stamp.is_file():
+            stamp.unlink()
         started.parent.mkdir(parents=True, exist_ok=True)
         started.write_text(json.dumps({"hash": chain}))
         log(f"[{name}] running")

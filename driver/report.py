@@ -103,10 +103,14 @@ def check_ceiling(summary: pd.DataFrame) -> list[str]:
 
 
 def _method_lines(summary: pd.DataFrame, value: str):
-    """{(method, delta): (sparsities, mean, std)}; dense/none rows join every method at 0."""
+    """{(method, delta): (sparsities, mean, std)}. The unpruned network is every method's
+    point at sparsity 0: the ``none`` baseline (same training budget) when present, else
+    the dense network."""
     s = summary.copy()
     s["sparsity"] = pd.to_numeric(s["sparsity"], errors="coerce").fillna(0.0)
-    base = s[s["method"].isin(["dense", "none", ""]) | (s["sparsity"] == 0)]
+    unpruned = s["method"].isin(["dense", "none", ""]) | (s["sparsity"] == 0)
+    base = s[unpruned & (s["method"] == "none")] if (s["method"] == "none").any() else s[unpruned]
+    s = s[~unpruned | s.index.isin(base.index)]
     lines = {}
     for (method, delta), g in s[~s.index.isin(base.index)].groupby(["method", "delta"]):
         g = pd.concat([g, base[base["delta"] == delta]])
@@ -130,6 +134,30 @@ def plot_vs_sparsity(summary: pd.DataFrame, value: str, ylabel: str, path: Path,
         label = method if summary["delta"].nunique() == 1 else f"{method} (delta {delta:g})"
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xlabel("share of units removed")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_vs(table: pd.DataFrame, x: str, group: str, y: str, xlabel: str, ylabel: str, path: Path,
+            logy: bool = False) -> None:
+    """One line per ``group`` value: mean of ``y`` at each ``x``, spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, g in table.groupby(group):
+        agg = g.groupby(x)[y].agg(["mean", "std"]).sort_index()
+        ax.errorbar(agg.index.values, agg["mean"].values, yerr=agg["std"].fillna(0).values, marker="o", capsize=3,
+                    label=str(name))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from pruner.config import ConfigError, from_dict, require
 
-STAGES = ("data", "train", "eval", "prune", "export", "verify", "report")
+STAGES = ("data", "train", "eval", "prune", "export", "verify", "report", "sweep", "publish")
 
 
 @dataclasses.dataclass
@@ -76,6 +76,14 @@ class Context:
     def input_size(self) -> int | None:
         sec: DataSection = self.sections["data"]
         return sec.synth.size if sec.synth is not None else None
+
+
+def _discard_run(run: Path) -> None:
+    """Remove a stale run folder of this experiment (only one usnprune wrote: it has run.json)."""
+    import shutil
+
+    if (run / "run.json").is_file():
+        shutil.rmtree(run)
 
 
 def _progress() -> bool:
@@ -274,6 +282,8 @@ def stage_verify(ctx: Context, sec: VerifySection) -> None:
 
     for name in sec.backends:
         run = ctx.stage_dir("verify") / Path(name).stem
+        if ctx.force:
+            _discard_run(run)
         try:
             load_backend(name, **sec.options).check_available()
         except UsnpruneError as e:
@@ -311,6 +321,96 @@ def check_train_section(sec: dict, where: str) -> None:
     from_dict(TrainConfig, dict(sec, data="-", out="-"), where)
 
 
+@dataclasses.dataclass
+class SweepSection:
+    """Certified PCK against the perturbation size, for the dense and the best pruned network."""
+
+    eps: list[float] = dataclasses.field(default_factory=lambda: [0.02, 0.05, 0.1, 0.15, 0.2])  # eps_c = eps_b
+    networks: list[str] | None = None  # categories; default: dense and the best pruned (by certified PCK)
+    backend: str = "builtin"
+    workers: int = 2
+    timeout: float | None = None  # default: the export section's
+
+    def check(self, where: str) -> None:
+        from pruner.perturbation import check_eps
+
+        require(len(self.eps) >= 1, f"{where}.eps", "give at least one eps")
+        for e in self.eps:
+            check_eps(e, e, f"{where}.eps")
+        require(self.workers >= 1, f"{where}.workers", "must be >= 1")
+
+
+def best_pruned(ctx: Context) -> str | None:
+    """Category (first seed) of the method x sparsity with the highest mean certified PCK
+    over seeds in the builtin report; ties go to the higher sparsity."""
+    import pandas as pd
+
+    path = ctx.stage_dir("report") / "summary.csv"
+    if not path.is_file():
+        return None
+    s = pd.read_csv(path)
+    s = s[~s["method"].isin(["dense", "none"])]
+    if "backend" in s and (s["backend"] == "builtin").any():
+        s = s[s["backend"] == "builtin"]
+    if s.empty:
+        return None
+    agg = s.groupby(["method", "sparsity"])["certified_pck"].mean().reset_index()
+    agg = agg.sort_values(["certified_pck", "sparsity"], ascending=False)
+    m, p = agg.iloc[0]["method"], float(agg.iloc[0]["sparsity"])
+    return f"{m}-{p:g}-seed{ctx.seeds[0]}"
+
+
+def stage_sweep(ctx: Context, sec: SweepSection) -> None:
+    import pandas as pd
+
+    from export.benchmark import ExportConfig, export_benchmark
+
+    from .report import load_run, plot_vs, summary_table
+    from .verify import verify
+
+    exp: ExportSection = ctx.sections.get("export") or ExportSection()
+    all_nets = dict(exported_networks(ctx, exp))
+    names = sec.networks or [f"dense-seed{ctx.seeds[0]}"] + [b for b in [best_pruned(ctx)] if b]
+    missing = [n for n in names if n not in all_nets]
+    if missing:
+        raise ConfigError(f"sweep.networks: unknown network {', '.join(missing)} (known: {', '.join(all_nets)})")
+    out = ctx.stage_dir("sweep")
+    frames = []
+    for eps in sec.eps:
+        folder = out / f"eps{eps:g}"
+        bench, run = folder / "bench", folder / "run"
+        if not (bench / "benchmark.json").is_file() or ctx.force:
+            export_benchmark(ExportConfig(
+                checkpoints=[str(all_nets[n]) for n in names], categories=names, data=str(ctx.data_dir), out=str(bench),
+                eps_c=eps, eps_b=eps, deltas=exp.deltas, images=exp.images, pool=exp.pool,
+                timeout=sec.timeout or exp.timeout, seed=ctx.seeds[0], reference=exp.reference, force=True), log=ctx.log)
+        if ctx.force:
+            _discard_run(run)
+        verify(bench, run, backend=sec.backend, workers=sec.workers, resume=True, log=ctx.log)
+        frames.append(load_run(run).assign(eps=eps))
+    df = pd.concat(frames, ignore_index=True)
+    table = pd.concat([summary_table(g).assign(eps=e) for e, g in df.groupby("eps")], ignore_index=True)
+    table.to_csv(out / "summary.csv", index=False)
+    plot_vs(table, "eps", "network", "certified_pck", "eps_c = eps_b", "certified PCK", out / "certified_pck_vs_eps.png")
+    plot_vs(table, "eps", "network", "time_mean_s", "eps_c = eps_b", "mean verification time per instance (s)",
+            out / "time_vs_eps.png", logy=True)
+    ctx.log(table[["network", "eps", "certified_pck", "empirical_robust_pck", "time_mean_s", "timeouts"]].to_string(index=False))
+
+
+@dataclasses.dataclass
+class PublishSection:
+    """Copy the study's tables and plots to a folder meant for git, with a report.md."""
+
+    to: str = "benchmarks/results/study"
+    title: str = "usnprune study"
+
+
+def stage_publish(ctx: Context, sec: PublishSection) -> None:
+    from .publish import publish
+
+    publish(ctx, Path(sec.to), sec.title)
+
+
 # Each entry: (section type or None for a free mapping passed to the stage, runner).
 STAGE_TABLE: dict[str, tuple[Any, Callable]] = {
     "data": (DataSection, stage_data),
@@ -320,6 +420,8 @@ STAGE_TABLE: dict[str, tuple[Any, Callable]] = {
     "export": (ExportSection, stage_export),
     "verify": (VerifySection, stage_verify),
     "report": (ReportSection, stage_report),
+    "sweep": (SweepSection, stage_sweep),
+    "publish": (PublishSection, stage_publish),
 }
 
 
