@@ -32,7 +32,7 @@ import numpy as np
 
 from pruner.config import from_dict, require
 from verifier_specs.base import Backend, Instance, Verdict
-from verifier_specs.subprocess_util import run_limited, tail
+from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
 
 
 @dataclasses.dataclass
@@ -55,20 +55,11 @@ class MarabouBackend(Backend):
         self.options = from_dict(MarabouOptions, self.profile, where=f"profile {self.profile.get('profile_name', 'marabou')}")
 
     def version(self) -> str:
-        try:
-            from importlib.metadata import version
-
-            return f"maraboupy {version('maraboupy')}"
-        except Exception:  # not installed in this interpreter
-            return "maraboupy (unknown version)"
+        return package_version("maraboupy")
 
     def check_available(self) -> None:
-        import importlib.util
-
-        from pruner.errors import UsnpruneError
-
-        if not self.options.python and importlib.util.find_spec("maraboupy") is None:
-            raise UsnpruneError("maraboupy is not installed (pip install usnprune[crosscheck])")
+        if not self.options.python:  # a separate interpreter is checked when it runs
+            require_module("maraboupy", "pip install usnprune[crosscheck]")
 
     def verify(self, instance: Instance) -> Verdict:
         t0 = time.monotonic()

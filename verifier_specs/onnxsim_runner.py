@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pruner.config import from_dict, require
 from verifier_specs.base import Backend, Instance, Verdict
-from verifier_specs.subprocess_util import run_limited, tail
+from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
 
 ENGINES = ("ibp", "zonotope", "crown", "alpha", "prima", "bab", "bab-beta")
 WORDS = {"unsat": "certified", "sat": "falsified", "unknown": "unknown", "timeout": "timeout", "error": "error"}
@@ -70,20 +70,11 @@ class OnnxsimRunner(Backend):
         self.options = from_dict(OnnxsimOptions, self.profile, where=f"profile {self.profile.get('profile_name', 'onnxsim')}")
 
     def version(self) -> str:
-        try:
-            from importlib.metadata import version
-
-            return f"onnxsim {version('onnxsim')}"
-        except Exception:  # not installed in this interpreter
-            return "onnxsim (unknown version)"
+        return package_version("onnxsim")
 
     def check_available(self) -> None:
-        import importlib.util
-
-        from pruner.errors import UsnpruneError
-
-        if not self.options.python and importlib.util.find_spec("onnxsim") is None:
-            raise UsnpruneError("onnxsim is not installed (pip install onnxsim)")
+        if not self.options.python:  # a separate interpreter is checked when it runs
+            require_module("onnxsim", "pip install onnxsim")
 
     def verify(self, instance: Instance) -> Verdict:
         t0 = time.monotonic()

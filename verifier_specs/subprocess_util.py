@@ -46,3 +46,23 @@ def tail(text: str, n: int = 300) -> str:
 
 
 __all__ = ["Completed", "run_limited", "tail"]
+
+
+def package_version(dist: str) -> str:
+    """``'<dist> <version>'`` of an installed distribution, for Backend.version()."""
+    try:
+        from importlib.metadata import version
+
+        return f"{dist} {version(dist)}"
+    except Exception:  # not installed in this interpreter
+        return f"{dist} (unknown version)"
+
+
+def require_module(module: str, hint: str) -> None:
+    """Raise a one-line UsnpruneError when ``module`` cannot be imported here."""
+    import importlib.util
+
+    from pruner.errors import UsnpruneError
+
+    if importlib.util.find_spec(module) is None:
+        raise UsnpruneError(f"{module} is not installed ({hint})")
