@@ -123,12 +123,12 @@ def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
 # ---- local processes ----------------------------------------------------------------
 
 
-def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None) -> None:
+def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None, threads: int) -> None:
     """Worker process: take chunks until told to stop; report start/row/done messages."""
     os.setpgrp()  # the parent kills the worker together with any verifier it started
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["USNPRUNE_THREADS"] = str(threads)  # this worker's share of the cores
     from .store import writer_name
     from .verify import RunSpec, run_chunk
 
@@ -180,13 +180,15 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
     manifest = load_manifest(spec.bench)
     progress = Progress(len(instances), f"verify x{n}")
     next_wid = [0]
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // n)
 
     def start_worker() -> None:
         wid = next_wid[0]
         next_wid[0] += 1
         tasks = ctx.Queue()
         gpu = gpus[wid % len(gpus)] if gpus else None
-        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), tasks, results, gpu), daemon=True)
+        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), tasks, results, gpu, threads),
+                        daemon=True)
         p.start()
         pool[wid] = _Worker(p, tasks, last_seen=time.monotonic())
 

@@ -56,7 +56,7 @@ class BuiltinBackend(Backend):
     def verify(self, instance: Instance) -> Verdict:
         t0 = time.monotonic()
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.options.threads)
+        torch.set_num_threads(self.options.threads or _auto_threads())
         try:
             return self._verify(instance, t0)
         finally:
@@ -88,3 +88,14 @@ class BuiltinBackend(Backend):
 
 BACKEND = BuiltinBackend
 __all__ = ["BACKEND", "BuiltinBackend"]
+
+
+def _auto_threads() -> int:
+    """Threads for ``threads: 0``: the executor's share of the cores (``USNPRUNE_THREADS``,
+    set per worker), else every core of this machine."""
+    import os
+
+    env = os.environ.get("USNPRUNE_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -32,7 +32,7 @@ class BuiltinOptions:
     rigorous_float32: bool = False
     min_width: float = 1e-9
     max_boxes: int = 2_000_000
-    threads: int = 1
+    threads: int = 0  # 0: USNPRUNE_THREADS if set (the executors set it per worker), else all cores
     profile_name: str = "builtin"
 
     def check(self, where: str = "builtin") -> None:
@@ -54,7 +54,7 @@ class BuiltinOptions:
                 f"must be in [0, 1e6], got {self.margin_calibration}")
         require(0 < self.min_width <= 1e-3, f"{where}.min_width", f"must be in (0, 1e-3], got {self.min_width}")
         require(self.max_boxes >= 1, f"{where}.max_boxes", f"must be >= 1, got {self.max_boxes}")
-        require(1 <= self.threads <= 256, f"{where}.threads", f"must be in [1, 256], got {self.threads}")
+        require(0 <= self.threads <= 256, f"{where}.threads", f"must be in [0, 256], got {self.threads}")
 
     @property
     def depth(self) -> int | None:
