@@ -118,7 +118,7 @@ def cmd_prune(args) -> int:
         return 0
     from pruner.prune import prune
 
-    report = prune(cfg)
+    prune(cfg)
     print(f"checkpoint: {Path(cfg.out) / 'model.pt'}; report: {Path(cfg.out) / 'report.json'}")
     return 0
 

@@ -123,40 +123,16 @@ def _method_lines(summary: pd.DataFrame, value: str):
     return lines
 
 
-def plot_vs_sparsity(summary: pd.DataFrame, value: str, ylabel: str, path: Path, logy: bool = False) -> None:
+def _line_plot(lines: list[tuple[str, tuple]], xlabel: str, ylabel: str, path: Path, logy: bool) -> None:
+    """One line with error bars per ``(label, (x, mean, std))``, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (method, delta), (x, mean, std) in sorted(_method_lines(summary, value).items()):
-        label = method if summary["delta"].nunique() == 1 else f"{method} (delta {delta:g})"
+    for label, (x, mean, std) in lines:
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
-    ax.set_xlabel("share of units removed")
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_vs(table: pd.DataFrame, x: str, group: str, y: str, xlabel: str, ylabel: str, path: Path,
-            logy: bool = False) -> None:
-    """One line per ``group`` value: mean of ``y`` at each ``x``, spread as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, g in table.groupby(group):
-        agg = g.groupby(x)[y].agg(["mean", "std"]).sort_index()
-        ax.errorbar(agg.index.values, agg["mean"].values, yerr=agg["std"].fillna(0).values, marker="o", capsize=3,
-                    label=str(name))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -166,6 +142,23 @@ def plot_vs(table: pd.DataFrame, x: str, group: str, y: str, xlabel: str, ylabel
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_vs_sparsity(summary: pd.DataFrame, value: str, ylabel: str, path: Path, logy: bool = False) -> None:
+    one_delta = summary["delta"].nunique() == 1
+    lines = [(method if one_delta else f"{method} (delta {delta:g})", xy)
+             for (method, delta), xy in sorted(_method_lines(summary, value).items())]
+    _line_plot(lines, "share of units removed", ylabel, path, logy)
+
+
+def plot_vs(table: pd.DataFrame, x: str, group: str, y: str, xlabel: str, ylabel: str, path: Path,
+            logy: bool = False) -> None:
+    """One line per ``group`` value: mean of ``y`` at each ``x``, spread as error bars."""
+    lines = []
+    for name, g in table.groupby(group):
+        agg = g.groupby(x)[y].agg(["mean", "std"]).sort_index()
+        lines.append((str(name), (agg.index.values, agg["mean"].values, agg["std"].fillna(0).values)))
+    _line_plot(lines, xlabel, ylabel, path, logy)
 
 
 def _image_of(onnx_path: Path) -> np.ndarray:

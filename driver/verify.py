@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -172,7 +172,7 @@ class Checker:
         try:
             prop = parse_file(inst.vnnlib_path)
             pts, ys = self._sampled(inst, prop)
-        except Exception as e:  # unreadable files are already the backend's error rows
+        except Exception:  # unreadable files are already the backend's error rows
             return verdict, None
         violated = np.zeros(len(pts), dtype=bool)
         for d in prop.disjuncts:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable, Literal
@@ -31,8 +30,7 @@ import torch
 from . import perturbation
 from .config import from_dict, require, to_dict
 from .errors import ConfigError
-from .importance import Calibration, get_importance, make_calibration
-from .importance.usn import USNImportance
+from .importance import get_importance, make_calibration
 from .models import KeypointNet, count_flops, count_parameters, file_hash, load_checkpoint, save_checkpoint
 from .surgery import keep_from_remove, prune_units
 from .train import AugmentConfig, OptimConfig, fit, label_mask, resolve_device, seed_everything
@@ -215,14 +213,14 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
             q = n_now / max(1, sum(widths.values()))
             lam_s, lam_w = sch.lambda_s, (sch.lambda_w if cfg.method == "usn_w" else 0.0)
 
-            def extra_loss(m, usn=usn, q=q, lam_s=lam_s, lam_w=lam_w):
+            def gate_loss(m, usn=usn, q=q, lam_s=lam_s, lam_w=lam_w):
                 g = dict(m.gate_params.items())
                 loss = lam_s * usn_gate_penalty(g, usn)
                 if lam_w > 0:
                     loss = loss + lam_w * w1_to_target(pooled(g), q)
                 return loss
 
-            extra_params = list(gates.values())
+            extra_loss, extra_params = gate_loss, list(gates.values())
         fit(model, train_images, train_kps, train_mask, _epochs(cfg.optim, sch.reg_epochs), cfg.augment, gen, device,
             extra_loss=extra_loss, extra_params=extra_params, extra_lr=sch.gate_lr,
             desc=f"{cfg.method} step {s}/{sch.steps}: regularize")

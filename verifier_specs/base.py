@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,6 +50,13 @@ class Instance:
         """Identifies the instance within its folder (the results store keys on it)."""
         return f"{self.onnx},{self.vnnlib}"
 
+    def missing(self) -> str | None:
+        """The error message for an ONNX or VNNLIB file that is not there, else None."""
+        for kind, p in (("ONNX", self.onnx_path), ("VNNLIB", self.vnnlib_path)):
+            if not p.is_file():
+                return f"{p}: no such {kind} file"
+        return None
+
 
 @dataclasses.dataclass
 class Verdict:
@@ -60,6 +68,16 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown verdict status {self.status!r}")
+
+
+def timed(t0: float) -> Callable[..., Verdict]:
+    """A factory of verdicts whose time is the wall clock since ``t0`` (``time.monotonic()``)."""
+
+    def done(status: str, message: str = "", x=None) -> Verdict:
+        cex = tuple(float(v) for v in x) if x is not None else None
+        return Verdict(status, time.monotonic() - t0, cex, message)
+
+    return done
 
 
 class Backend(abc.ABC):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pruner.config import from_dict, require
-from verifier_specs.base import Backend, Instance, Verdict
+from verifier_specs.base import Backend, Instance, Verdict, timed
 from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
 
 
@@ -62,14 +62,9 @@ class MarabouBackend(Backend):
             require_module("maraboupy", "pip install usnprune[crosscheck]")
 
     def verify(self, instance: Instance) -> Verdict:
-        t0 = time.monotonic()
-
-        def done(status: str, message: str = "", x=None) -> Verdict:
-            return Verdict(status, time.monotonic() - t0, x, message)
-
-        for p in (instance.onnx_path, instance.vnnlib_path):
-            if not p.is_file():
-                return done("error", f"{p}: no such file")
+        done = timed(time.monotonic())
+        if missing := instance.missing():
+            return done("error", missing)
         with tempfile.TemporaryDirectory(prefix="usnprune-marabou-") as tmp:
             out = Path(tmp) / "result.json"
             root = Path(__file__).resolve().parent.parent  # so the worker imports this checkout

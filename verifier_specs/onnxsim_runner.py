@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from pruner.config import from_dict, require
-from verifier_specs.base import Backend, Instance, Verdict
+from verifier_specs.base import Backend, Instance, Verdict, timed
 from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
 
 ENGINES = ("ibp", "zonotope", "crown", "alpha", "prima", "bab", "bab-beta")
@@ -77,14 +77,9 @@ class OnnxsimRunner(Backend):
             require_module("onnxsim", "pip install onnxsim")
 
     def verify(self, instance: Instance) -> Verdict:
-        t0 = time.monotonic()
-
-        def done(status: str, message: str = "", x=None) -> Verdict:
-            return Verdict(status, time.monotonic() - t0, x, message)
-
-        for p in (instance.onnx_path, instance.vnnlib_path):
-            if not p.is_file():
-                return done("error", f"{p}: no such file")
+        done = timed(time.monotonic())
+        if missing := instance.missing():
+            return done("error", missing)
         with tempfile.TemporaryDirectory(prefix="usnprune-onnxsim-") as tmp:
             vnnlib = instance.vnnlib_path
             raw = vnnlib.read_bytes()

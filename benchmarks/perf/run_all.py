@@ -87,8 +87,6 @@ def stage_export(dense: str, pruned: str, data: str, out: str, images: int) -> d
 
 
 def stage_verify(bench: str, run: str, backend: str, limit_per_category: int | None, timeout: float) -> dict:
-    import csv
-
     from driver.verify import Checker, load_instances
     from verifier_specs.base import load_backend
 

@@ -280,7 +280,7 @@ def test_the_time_limit_warning_does_not_turn_unfinished_instances_into_error_ro
     chunk = [{"root": str(i.root), "onnx": i.onnx, "vnnlib": i.vnnlib, "timeout": i.timeout, "index": i.index}
              for i in load_instances(bench)]
     code = ("import json, sys; from driver.slurm import run_task; "
-            f"print(run_task(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])))")
+            "print(run_task(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])))")
     env = dict(os.environ, SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="3")
     p = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec.__dict__), str(run), json.dumps(chunk)], cwd=REPO,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

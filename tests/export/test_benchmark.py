@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,6 @@ from vnnlib.compat import read_vnnlib_simple
 from driver.cli import main
 from export.benchmark import BenchmarkError, ExportConfig, export_benchmark
 from export.onnx_model import run, session
-from pruner.models import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def test_errors_are_verdicts_not_exceptions(backend, tmp_path):
     v = backend.verify(Instance(tmp_path, "nope.onnx", "ok.vnnlib", 5))
     assert v.status == "error" and "no such ONNX file" in v.message
     v = backend.verify(Instance(tmp_path, "sig.onnx", "nope.vnnlib", 5))
-    assert v.status == "error" and "no such file" in v.message
+    assert v.status == "error" and "nope.vnnlib: no such VNNLIB file" in v.message
     # a property that does not fit the network
     net = keypoint_nets.random_net("tiny", seed=0)
     onnx.save(keypoint_nets.instance_model(net, np.zeros((1, 32, 32), dtype=np.float32)), tmp_path / "kp.onnx")

@@ -144,7 +144,7 @@ def test_marabou_reports_what_it_cannot_read(tmp_path):
 def test_missing_files_are_errors(name, tmp_path):
     (tmp_path / "p.vnnlib").write_text("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= Y_0 0))")
     v = load_backend(name).verify(Instance(tmp_path, "none.onnx", "p.vnnlib", 5))
-    assert v.status == "error" and "no such file" in v.message
+    assert v.status == "error" and "none.onnx: no such ONNX file" in v.message
 
 
 def test_gzip_property_through_onnxsim(small_instances, tmp_path):

@@ -272,7 +272,6 @@ class Search:
     def _group(self, grp: _Group) -> int:
         """Decide one group; returns the number of unresolvable boxes (raises on cex/deadline)."""
         opts = self.opts
-        n = len(grp.lo)
         if grp.R == 0 or any(len(d.b) == 0 for d in (self.prop.disjuncts[k] for k in grp.indices)):
             # a disjunct without output rows: its whole box is unsafe; any point shows it
             centre = (grp.lo + grp.hi) / 2

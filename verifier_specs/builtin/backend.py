@@ -17,7 +17,7 @@ import torch
 from export.vnnlib import VnnlibError, parse_file
 from pruner.config import from_dict
 from pruner.errors import UsnpruneError
-from verifier_specs.base import Backend, Instance, Verdict
+from verifier_specs.base import Backend, Instance, Verdict, timed
 from verifier_specs.replay import get_session
 
 from . import bab
@@ -63,12 +63,9 @@ class BuiltinBackend(Backend):
             torch.set_num_threads(threads)
 
     def _verify(self, instance: Instance, t0: float) -> Verdict:
-        def done(status: str, message: str = "", x=None) -> Verdict:
-            cex = tuple(float(v) for v in x) if x is not None else None
-            return Verdict(status, time.monotonic() - t0, cex, message)
-
-        if not instance.onnx_path.is_file():
-            return done("error", f"{instance.onnx_path}: no such ONNX file")
+        done = timed(t0)
+        if missing := instance.missing():
+            return done("error", missing)
         try:
             prop = parse_file(instance.vnnlib_path)
         except VnnlibError as e:

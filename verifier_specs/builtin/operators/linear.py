@@ -11,7 +11,25 @@ import numpy as np
 from .base import AffineRule, NodeInfo, tensor
 
 
-class Gemm(AffineRule):
+class _ConstantMatrix(AffineRule):
+    """``x @ W`` (plus the offset) for a constant ``W``; subclasses call ``_set_matrix``."""
+
+    def _set_matrix(self, w: np.ndarray) -> None:
+        self.W = tensor(w)
+        self.W_abs = self.W.abs()
+        self.WT = self.W.T.contiguous()
+
+    def apply(self, i, x):
+        return x @ self.W
+
+    def apply_abs(self, i, x):
+        return x @ self.W_abs
+
+    def apply_T(self, i, lam):
+        return lam @ self.WT
+
+
+class Gemm(_ConstantMatrix):
     """``alpha * A' @ B' + beta * C`` with ``A`` bounded, ``B`` and ``C`` constant."""
 
     op_types = ("Gemm",)
@@ -31,9 +49,7 @@ class Gemm(AffineRule):
         k = self.in_shapes[0][0]
         if w.shape[0] != k:
             raise info.fail(f"input has {k} features but the weight has {w.shape[0]} rows")
-        self.W = tensor(w)
-        self.W_abs = self.W.abs()
-        self.WT = self.W.T.contiguous()
+        self._set_matrix(w)
         if 2 in info.consts:
             c = info.consts[2].astype(np.float64) * float(info.attr("beta", 1.0))
             if c.ndim == 2:
@@ -45,17 +61,8 @@ class Gemm(AffineRule):
             info.const(2, "bias (C)")  # raises: a bounded bias
         self.rounding = k + 2  # k products summed, bias add, alpha/beta scaling
 
-    def apply(self, i, x):
-        return x @ self.W
 
-    def apply_abs(self, i, x):
-        return x @ self.W_abs
-
-    def apply_T(self, i, lam):
-        return lam @ self.WT
-
-
-class MatMul(AffineRule):
+class MatMul(_ConstantMatrix):
     """``x @ W`` with a constant matrix ``W`` (``x`` may have extra leading dimensions)."""
 
     op_types = ("MatMul",)
@@ -67,19 +74,8 @@ class MatMul(AffineRule):
             raise info.fail("only a 2-D constant right operand is supported")
         if not self.in_shapes[0] or self.in_shapes[0][-1] != w.shape[0]:
             raise info.fail(f"input per-sample shape {self.in_shapes[0]} does not match weight {w.shape}")
-        self.W = tensor(w)
-        self.W_abs = self.W.abs()
-        self.WT = self.W.T.contiguous()
+        self._set_matrix(w)
         self.rounding = w.shape[0] + 1
-
-    def apply(self, i, x):
-        return x @ self.W
-
-    def apply_abs(self, i, x):
-        return x @ self.W_abs
-
-    def apply_T(self, i, lam):
-        return lam @ self.WT
 
 
 RULES = [Gemm, MatMul]
