@@ -160,7 +160,7 @@ RESULT_LINE = re.compile(r"^Result: (?P<status>[A-Za-z_-]+(?: \(timed out\))?) i
 SINGLE_RESULT_LINE = re.compile(r"^Result: (?P<status>sat|unsat|timeout|unknown)\s*$")
 TIME_LINE = re.compile(r"^Time: (?P<seconds>[-+0-9.eE]+)\s*$")
 HEADER_LINE = re.compile(r"^\s*%+ idx: (?P<idx>\d+), vnnlib ID: (?P<id>\d+) %+\s*$")
-TIMEOUT_LINE = re.compile(r"^Time out!\s*$")
+TIMEOUT_LINE = re.compile(r"^Time out!+\s*$")
 ADV_LINE = re.compile(r"^Adv example:\s*$")
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)")
 CEX_ENTRY = re.compile(r"\(\s*X_(?P<i>\d+)\s+(?P<v>[^\s()]+)\s*\)")
@@ -193,13 +193,17 @@ class TranscriptParser:
     def feed(self, line: str) -> InstanceOutput | None:
         line = line.rstrip("\r\n")
         if self._adv is not None:
-            self._adv.append(line)
-            text = " ".join(self._adv)
-            if "])" in text or len(self._adv) > 200:
-                body = text[text.find("(") + 1:] if "(" in text else text
-                self.current.adv_example = [float(v) for v in NUMBER.findall(body.split("]")[0])]
-                self._adv = None
-            return None
+            # The example is ``print(tensor)``: ``tensor([...])``, or with ``device=...`` /
+            # ``dtype=...`` after the list on GPUs. It ends at its first ``]``; a blank line or
+            # any line the parser knows ends it too and is then read as itself, so a
+            # malformed example can never swallow an instance's Result line.
+            if not line.strip() or any(p.match(line) for p in (RESULT_LINE, HEADER_LINE, ADV_LINE, TIME_LINE)):
+                self._end_adv()
+            else:
+                self._adv.append(line)
+                if "]" in line or len(self._adv) > 200:
+                    self._end_adv()
+                return None
         if ADV_LINE.match(line):
             self._adv = []
             return None
@@ -228,6 +232,13 @@ class TranscriptParser:
             self.current, self.started = InstanceOutput(), False
             return done
         return None
+
+
+    def _end_adv(self) -> None:
+        text = " ".join(self._adv or [])
+        body = text[text.find("(") + 1:] if "(" in text else text
+        self.current.adv_example = [float(v) for v in NUMBER.findall(body.split("]")[0])] or None
+        self._adv = None
 
 
 def parse_transcript(text: str) -> list[InstanceOutput]:
@@ -287,8 +298,8 @@ def load_results_pickle(data: bytes) -> list[tuple[str, float]]:
     return [(str(s), float(t)) for s, t in obj.get("results", [])]
 
 
-CERTIFIED = {"safe", "safe-incomplete", "unsat"}
-FALSIFIED_PREFIX = ("unsafe", "sat")
+# safe-mip / safe-incomplete-refine: proven by its MIP or refined incomplete stage
+CERTIFIED = {"safe", "safe-incomplete", "safe-incomplete-refine", "safe-mip", "unsat"}
 
 
 def classify(status: str, seconds: float | None, timeout: float, timed_out: bool,
@@ -307,7 +318,7 @@ def classify(status: str, seconds: float | None, timeout: float, timed_out: bool
         verdict = "certified"
     elif base == "sat" or base.startswith("unsafe"):
         verdict = "falsified"
-    elif base in ("unknown", "timeout"):
+    elif base.startswith("unknown") or base == "timeout":
         ran_out = timed_out or (seconds is not None and seconds >= timeout)
         return ("timeout", f"alpha-beta-CROWN: {status} (time limit {timeout:g} s reached, {t})") if ran_out \
             else ("unknown", f"alpha-beta-CROWN: {status} (gave up after {t})")
@@ -638,6 +649,17 @@ class AbcrownBackend(Backend):
             if done is None:
                 continue
             item = remaining[k]
+            if done.idx is not None and done.idx != k:
+                # every instances file starts at idx 0, so a Result for another idx means the
+                # transcript is out of step: trust no verdict of this process from here on
+                proc.kill()
+                killed = True
+                on_result(item.inst, Verdict(
+                    "error", time.monotonic() - t_ref, None,
+                    f"alpha-beta-CROWN's output is out of step (a result for idx {done.idx} while "
+                    f"expecting idx {k}); the process was stopped and the rest run again{self._where(ws)}"))
+                k += 1
+                break
             verdict = self._batch_verdict(ws, item, done, startup if k == 0 else None)
             if verdict is None:
                 rerun.append((item, done.status or "?"))

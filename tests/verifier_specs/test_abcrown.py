@@ -166,6 +166,23 @@ def test_batch_mixed_statuses_and_adversarial_examples():
     assert verdicts == ["falsified", "falsified", "certified", "falsified", "certified"]
 
 
+def test_gpu_printed_adversarial_example_cannot_swallow_a_result():
+    """On GPUs the example prints as ``tensor([...], device='cuda:0')``; a reader waiting for
+    ``])`` would eat the instance's own Result line and shift every later verdict by one."""
+    text = read("batch_mixed/stdout.txt")
+    gpu = text.replace("-0.10000000])", "-0.10000000], device='cuda:0')")
+    assert gpu != text
+    cpu_outs, gpu_outs = parse_transcript(text), parse_transcript(gpu)
+    assert [(o.idx, o.status) for o in gpu_outs] == [(o.idx, o.status) for o in cpu_outs]
+    for o in gpu_outs:
+        if o.status.startswith("unsafe"):
+            assert o.adv_example == pytest.approx([0.9, -0.1], abs=1e-7)
+    # even an example that never closes ends at the next line the parser knows
+    broken = "Adv example:\ntensor([ 0.9, -0.1\nResult: unsafe-pgd in 0.0200 seconds\n"
+    (out,) = parse_transcript(broken)
+    assert out.status == "unsafe-pgd" and out.adv_example == pytest.approx([0.9, -0.1])
+
+
 def test_unsafe_bab_counterexamples_inside_the_box():
     outs = parse_transcript(read("batch_unsafe_bab/stdout.txt"))
     assert [o.status for o in outs] == ["unsafe-bab", "unsafe-bab", "safe"]
@@ -213,6 +230,10 @@ def test_single_instance_outputs():
     ("unsafe-pgd", 0.02, False, False, "falsified"),
     ("unsafe-bab", 0.5, False, False, "falsified"),
     ("sat", 0.04, False, False, "falsified"),
+    ("safe-mip", 3.0, False, False, "certified"),
+    ("safe-incomplete-refine", 1.0, False, False, "certified"),
+    ("unsafe-mip", 3.0, False, False, "falsified"),
+    ("unknown-mip", 3.0, False, False, "unknown"),
     ("unknown", 0.3, False, False, "unknown"),
     ("unknown", 3.7, True, False, "timeout"),
     ("unknown", 61.0, False, False, "timeout"),
@@ -338,7 +359,8 @@ root, name = args[args.index("--root_path") + 1], args[args.index("--csv_name") 
 with open(os.path.join(os.path.dirname(os.path.abspath(args[args.index("--config") + 1])), "pids"), "a") as f:
     f.write(f"{os.getpid()}\\n")
 for i, (onnx, vnnlib, timeout) in enumerate(csv.reader(open(os.path.join(root, name)))):
-    print(f" %%%%% idx: {i}, vnnlib ID: {i} %%%%%", flush=True)
+    idx = i + 1 if "skip" in vnnlib else i  # "skip": a transcript out of step with the file
+    print(f" %%%%% idx: {idx}, vnnlib ID: {idx} %%%%%", flush=True)
     if "hang" in vnnlib:
         time.sleep(600)
     if "crash" in vnnlib:
@@ -420,6 +442,15 @@ def test_batch_hang_is_killed_and_a_new_process_continues(tmp_path):
     started = [int(p) for p in (ws / "pids").read_text().split()]
     assert len(started) == 3  # first process killed at the hang, second crashed, third finished
     assert all(wait_gone(p) for p in started)
+
+
+def test_a_result_for_another_idx_is_never_taken(tmp_path):
+    b = load_backend("abcrown", home=str(fake_home(tmp_path)), python=str(script(tmp_path, "double", BATCH_DOUBLE)))
+    insts = tiny_bench(tmp_path, ["a", "skip", "b"], timeout=5.0)
+    got = {}
+    b.run(insts, lambda i, v: got.__setitem__(Path(i.vnnlib).stem, v))
+    assert [got[n].status for n in ("a", "skip", "b")] == ["certified", "error", "certified"]
+    assert "out of step" in got["skip"].message and "idx 2 while expecting idx 1" in got["skip"].message
 
 
 def test_an_interrupted_driver_takes_the_tool_down(tmp_path):
