@@ -408,3 +408,34 @@ def test_our_exported_models_read(tmp_path):
     x = _box_points(5, 10)
     np.testing.assert_allclose(g.evaluate(torch.as_tensor(x)).numpy(),
                                session(m).run(None, {"X": x.astype(np.float32)})[0], rtol=1e-5, atol=1e-4)
+
+
+def test_an_unnamed_activation_sharing_a_name_with_another_keeps_its_own_relaxation():
+    """Relaxations are keyed by output tensor: an unnamed Relu whose output is 'r1' and a
+    second Relu *named* 'r1' once shared one entry, and the backward pass applied the second
+    layer's relaxation to the first (a bound 3 above the true minimum: unsound)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+
+    def init(name, a):
+        return numpy_helper.from_array(np.asarray(a, dtype=np.float32), name)
+
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Relu", ["a"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "W2"], ["b"]), helper.make_node("Add", ["b", "c2"], ["b2"]),
+             helper.make_node("Relu", ["b2"], ["r2"], name="r1"), helper.make_node("MatMul", ["r2", "W3"], ["y"])]
+    inits = [init("W1", rng.normal(size=(4, 6))), init("W2", rng.normal(size=(6, 6)) * 1.5),
+             init("W3", rng.normal(size=(6, 3))), init("c2", rng.normal(size=6) * 3)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    graph = read_graph(m)
+    c = rng.uniform(-1, 1, 4)
+    lo, hi = torch.as_tensor(c - 0.5)[None], torch.as_tensor(c + 0.5)[None]
+    x = torch.as_tensor(rng.uniform(c - 0.5, c + 0.5, (20000, 4)))
+    y = graph.evaluate(x)
+    C = torch.cat([torch.eye(3), -torch.eye(3)]).double()
+    fwd = bounds.forward(graph, lo, hi, keep=bounds.stop_tensors(graph, None))
+    lb = bounds.lower_of(bounds.backward(graph, fwd, C, None), 4)[0]
+    assert torch.all(lb <= (y @ C.T).min(0).values + 1e-9)

@@ -283,9 +283,8 @@ class Search:
         self._try(grp, pts, v)
         if opts.pgd_starts:
             self._pgd(grp, pts[np.argsort(v)[: opts.pgd_starts]], grp.lo, grp.hi)
-        margin = self.margins(grp, dev, grp.lo, grp.hi)
-
         root_lo, root_hi = widen_to_float32(grp.lo, grp.hi)
+        margin = self.margins(grp, dev, root_lo, root_hi)  # over the box that is proven
         root_w = np.where(root_hi > root_lo, root_hi - root_lo, 1.0)
         q_lo = root_lo[None].copy()
         q_hi = root_hi[None].copy()

@@ -51,7 +51,7 @@ class LinBound:
 @dataclasses.dataclass
 class ForwardResult:
     out: LinBound  # the graph output
-    relax: dict[str, tuple[torch.Tensor, ...]]  # activation node name -> (ls, lb, us, ub), [B, *shape]
+    relax: dict[str, tuple[torch.Tensor, ...]]  # activation output tensor -> (ls, lb, us, ub), [B, *shape]
     kept: dict[str, LinBound]  # tensors the backward pass stops at
     intervals: dict[str, tuple[torch.Tensor, torch.Tensor]]  # every tensor, when asked for
     n: int
@@ -125,7 +125,7 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
             out = _affine(rule, ins, graph, node, B, K, n, shape, ibp)
         else:
             out, rel = _activation(rule, ins[0], n, relu_lower)
-            relax[node.name] = rel
+            relax[node.output] = rel  # by tensor: ONNX output names are unique, node names need not be
             if scores is not None:
                 scores += _instability(ins[0], rel, n)
         state[node.output] = out
@@ -262,7 +262,7 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
             if rule.offset is not None:
                 acc[:, :, n] += (lam * rule.offset).reshape(B, R, -1).sum(-1)
         else:
-            ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.name])
+            ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.output])
             # a positive multiplier takes the lower relaxation, a negative one the upper
             neg = lam < 0
             g = lam * torch.where(neg, us, ls)

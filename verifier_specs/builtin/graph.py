@@ -67,7 +67,7 @@ class Graph:
             vals[node.output] = node.rule.forward(*(vals[t] for t in node.inputs))
             for t in node.inputs:
                 if self.last_use[t] == k:
-                    del vals[t]
+                    vals.pop(t, None)  # (a node may read one tensor twice)
         return vals[self.output_name].reshape(x.shape[0], -1)
 
 
