@@ -33,26 +33,15 @@ GRACE_S = 30.0  # beyond an instance's timeout before the parent kills a silent 
 
 
 def chunks_of(instances: list[Instance], size: int | None) -> list[list[Instance]]:
-    """Instances grouped by ONNX file (so backends can share a loaded model), cut into
-    chunks of at most ``size``."""
+    """Instances ordered by ONNX file (so consecutive ones share a loaded model): one chunk
+    per ONNX file without ``size``, else chunks of ``size`` (which may span files)."""
     by_onnx: dict[str, list[Instance]] = {}
     for inst in instances:
         by_onnx.setdefault(inst.onnx, []).append(inst)
-    out: list[list[Instance]] = []
-    cur: list[Instance] = []
-    size = size or 1 << 30
-    for group in by_onnx.values():
-        for inst in group:
-            cur.append(inst)
-            if len(cur) >= size:
-                out.append(cur)
-                cur = []
-        if cur and size >= 1 << 30:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+    if not size:
+        return list(by_onnx.values())
+    flat = [inst for group in by_onnx.values() for inst in group]
+    return [flat[k:k + size] for k in range(0, len(flat), size)]
 
 
 def visible_gpus() -> list[str]:
@@ -124,7 +113,7 @@ def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
 
 
 def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None, threads: int) -> None:
-    """Worker process: take chunks until told to stop; report start/row/done messages."""
+    """Worker process: take chunks until told to stop; report row/ready/fatal messages."""
     os.setpgrp()  # the parent kills the worker together with any verifier it started
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -139,11 +128,9 @@ def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: s
         chunk = tasks.get()
         if chunk is None:
             return
-        insts = [Instance(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"]) for d in chunk]
+        insts = [Instance.from_dict(d) for d in chunk]
         try:
-            run_chunk(spec, Path(run_dir), insts, writer,
-                      on_row=lambda row: results.put(("row", wid, row)),
-                      on_start=lambda inst: results.put(("start", wid, inst.key)))
+            run_chunk(spec, Path(run_dir), insts, writer, on_row=lambda row: results.put(("row", wid, row)))
         except Exception as e:  # e.g. the backend cannot be loaded: tell the parent, stop
             results.put(("fatal", wid, f"{type(e).__name__}: {e}"))
             return
@@ -155,19 +142,17 @@ class _Worker:
     proc: mp.Process
     tasks: object
     chunk: list[dict] = dataclasses.field(default_factory=list)
-    done: set = dataclasses.field(default_factory=set)
-    current: str | None = None
     last_seen: float = 0.0
     busy: bool = False
 
 
 def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chunk_size: int | None, log) -> None:
-    from .store import ResultStore, writer_name
+    from .store import ResultStore, row_key, writer_name
     from .verify import load_manifest, make_row
 
     backend = load_backend(spec.backend, **spec.options)
     size = chunk_size or getattr(backend, "default_chunk_size", None)
-    pending = [[_inst_dict(i) for i in c] for c in chunks_of(instances, size)]
+    pending = [[i.to_dict() for i in c] for c in chunks_of(instances, size)]
     by_key = {i.key: i for i in instances}
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -193,17 +178,21 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         pool[wid] = _Worker(p, tasks, last_seen=time.monotonic())
 
     def lost_instance(w: _Worker, status: str, message: str) -> None:
-        """Row for the instance in flight of a killed/dead worker; requeue the rest."""
-        rest = [d for d in w.chunk if f"{d['onnx']},{d['vnnlib']}" not in w.done]
-        if w.current is not None and w.current not in w.done:
-            inst = by_key[w.current]
-            verdict = Verdict(status, time.monotonic() - w.last_seen if status == "timeout" else 0.0, None, message)
-            row = make_row(spec, backend.name, backend.version(), inst, verdict, None, manifest)
-            store.append(row, parent_writer)
-            progress.row(row)
-            rest = [d for d in rest if f"{d['onnx']},{d['vnnlib']}" != w.current]
-        if rest:
-            pending.insert(0, rest)
+        """A killed/dead worker: a row for its instance in flight, the rest requeued.
+
+        The store, not the messages (the last ones may be lost with the worker), says what
+        is finished; workers take their chunk in order, so the first unfinished instance is
+        the one in flight. Each death settles it, so a worker that keeps dying cannot loop."""
+        finished = store.finished_keys()
+        rest = [d for d in w.chunk if row_key(d) not in finished]
+        if not rest:
+            return
+        verdict = Verdict(status, time.monotonic() - w.last_seen if status == "timeout" else 0.0, None, message)
+        row = make_row(spec, backend.name, backend.version(), by_key[row_key(rest[0])], verdict, None, manifest)
+        store.append(row, parent_writer)
+        progress.row(row)
+        if rest[1:]:
+            pending.insert(0, rest[1:])
 
     for _ in range(n):
         start_worker()
@@ -218,14 +207,10 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
             if kind is not None and wid in pool:
                 w = pool[wid]
                 w.last_seen = now
-                if kind == "start":
-                    w.current = payload
-                elif kind == "row":
-                    key = f"{payload['onnx']},{payload['vnnlib']}"
-                    w.done.add(key)
+                if kind == "row":
                     progress.row(payload)
                 elif kind == "ready":
-                    w.busy, w.chunk, w.done, w.current = False, [], set(), None
+                    w.busy, w.chunk = False, []
                     if pending and fatal is None:
                         w.chunk = pending.pop(0)
                         w.busy = True
@@ -258,10 +243,6 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         progress.close()
     if fatal:
         raise ConfigError(f"verifier workers could not start: {fatal}")
-
-
-def _inst_dict(i: Instance) -> dict:
-    return {"root": str(i.root), "onnx": i.onnx, "vnnlib": i.vnnlib, "timeout": i.timeout, "index": i.index}
 
 
 def _kill(proc: mp.Process) -> None:

@@ -264,7 +264,7 @@ def run_task(spec_dict: dict, run_dir: str, chunk: list[dict]) -> dict:
     task_id = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
     writer = f"slurm-{array_id}_{task_id}"
     spec = RunSpec(**spec_dict)
-    insts = [Instance(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"]) for d in chunk]
+    insts = [Instance.from_dict(d) for d in chunk]
     finished = ResultStore(run_dir).finished_keys()
     todo = [i for i in insts if i.key not in finished]
     host = socket.gethostname()
@@ -358,8 +358,7 @@ def run_slurm(spec, run_dir: Path, instances: list[Instance], chunk_size: int | 
     executor.update_parameters(**params)
 
     spec_dict = dataclasses.asdict(spec)
-    chunk_dicts = [[{"root": str(i.root), "onnx": i.onnx, "vnnlib": i.vnnlib, "timeout": i.timeout,
-                     "index": i.index} for i in c] for c in chunks]
+    chunk_dicts = [[i.to_dict() for i in c] for c in chunks]
     n = len(chunks)
     try:
         jobs = executor.map_array(run_task, [spec_dict] * n, [str(run_dir)] * n, chunk_dicts)

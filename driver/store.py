@@ -17,9 +17,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 RESULTS_DIR = "results"
+
+
+def row_key(row: dict) -> str:
+    """The instance key ``onnx,vnnlib`` of a row (as :attr:`Instance.key`)."""
+    return f"{row['onnx']},{row['vnnlib']}"
 
 
 def writer_name(prefix: str = "w") -> str:
@@ -74,7 +79,7 @@ class ResultStore:
         """The latest row per instance key ``onnx,vnnlib``."""
         out: dict[str, dict] = {}
         for row in self._lines():
-            key = f"{row['onnx']},{row['vnnlib']}"
+            key = row_key(row)
             if key not in out or row.get("finished_at", 0) >= out[key].get("finished_at", 0):
                 out[key] = row
         return out
@@ -96,8 +101,3 @@ def _jsonable(v):
     if isinstance(v, Path):
         return str(v)
     raise TypeError(f"not JSON serializable: {type(v).__name__}")
-
-
-def append_many(store: ResultStore, rows: Iterable[dict], writer: str | None = None) -> None:
-    for r in rows:
-        store.append(r, writer)

@@ -32,7 +32,7 @@ from pruner import __version__
 from pruner.errors import ConfigError, UsnpruneError
 from verifier_specs.base import STATUSES, Instance, Verdict, load_backend
 
-from .store import ResultStore
+from .store import ResultStore, row_key
 
 RUN_FILE = "run.json"
 SAMPLE_GRID = 21  # points per axis of the sanity sampling grid
@@ -59,6 +59,7 @@ def load_instances(bench: str | Path, timeout: float | None = None) -> list[Inst
     if not path.is_file():
         raise BenchmarkError(f"{root}: no instances.csv (not a VNN-COMP benchmark folder)")
     out = []
+    seen: dict[str, int] = {}
     with open(path, newline="") as f:
         for i, row in enumerate(csv.reader(f), start=1):
             if not row or all(not c.strip() for c in row):
@@ -71,7 +72,11 @@ def load_instances(bench: str | Path, timeout: float | None = None) -> list[Inst
                 raise BenchmarkError(f"{path}:{i}: timeout {row[2]!r} is not a number") from None
             if not t > 0:
                 raise BenchmarkError(f"{path}:{i}: timeout must be > 0, got {row[2]}")
-            out.append(Instance(root.resolve(), row[0].strip(), row[1].strip(), timeout or t, len(out)))
+            inst = Instance(root.resolve(), row[0].strip(), row[1].strip(), timeout or t, len(out))
+            if inst.key in seen:
+                raise BenchmarkError(f"{path}:{i}: {inst.onnx},{inst.vnnlib} is listed twice (first on line {seen[inst.key]})")
+            seen[inst.key] = i
+            out.append(inst)
     if not out:
         raise BenchmarkError(f"{path}: no instances")
     return out
@@ -83,7 +88,7 @@ def load_manifest(bench: str | Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
-        return {f"{r['onnx']},{r['vnnlib']}": r for r in csv.DictReader(f)}
+        return {row_key(r): r for r in csv.DictReader(f)}
 
 
 # ---- the run spec -------------------------------------------------------------------
@@ -125,6 +130,9 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
         if spec.bench != bench_abs or spec.backend != backend:
             raise ConfigError(f"{run_dir}: that run verified {spec.bench} with {spec.backend}; "
                               f"it cannot be resumed with {bench_abs} and {backend}")
+        if spec.timeout != timeout or spec.options != dict(options):
+            raise ConfigError(f"{run_dir}: that run used timeout {spec.timeout} and options {spec.options}; "
+                              f"resume it with the same (got timeout {timeout} and options {dict(options)})")
         return spec
     if run_dir.exists() and run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
         raise ConfigError(f"{run_dir}: folder exists and is not a usnprune run; choose another --out")
@@ -217,11 +225,11 @@ def make_row(spec: RunSpec, backend_name: str, backend_version: str, inst: Insta
 
 
 def run_chunk(spec: RunSpec, run_dir: Path, instances: list[Instance], writer: str,
-              on_row: Callable[[dict], None] | None = None, on_start: Callable[[Instance], None] | None = None) -> int:
+              on_row: Callable[[dict], None] | None = None) -> int:
     """Verify ``instances`` with the run's backend, appending each row as it finishes.
 
-    A backend that raises mid-chunk leaves ``error`` rows for the instances it did not
-    answer; the chunk never ends the run.
+    A backend that raises mid-chunk gets an ``error`` row for the first instance it did not
+    answer (the one it was on) and is run again on the rest; the chunk never ends the run.
     """
     import traceback
 
@@ -229,12 +237,8 @@ def run_chunk(spec: RunSpec, run_dir: Path, instances: list[Instance], writer: s
     manifest = load_manifest(spec.bench)
     checker = Checker()
     done: set[str] = set()
-    try:
-        backend = load_backend(spec.backend, **spec.options)
-        name, version = backend.name, backend.version()
-    except UsnpruneError:
-        raise
-    pending = list(instances)
+    backend = load_backend(spec.backend, **spec.options)
+    name, version = backend.name, backend.version()
 
     def record(inst: Instance, verdict: Verdict) -> None:
         try:
@@ -247,19 +251,19 @@ def run_chunk(spec: RunSpec, run_dir: Path, instances: list[Instance], writer: s
         if on_row:
             on_row(row)
 
-    def started(inst_iter):
-        for inst in inst_iter:
-            if on_start:
-                on_start(inst)
-            yield inst
-
-    try:
-        backend.run(started(pending), record)
-    except Exception as e:
-        tb = traceback.format_exc(limit=3)
-        for inst in pending:
-            if inst.key not in done:
-                record(inst, Verdict("error", 0.0, None, f"backend crashed: {type(e).__name__}: {e} | {tb[-600:]}"))
+    pending = list(instances)
+    while pending:
+        try:
+            backend.run(pending, record)
+            break
+        except Exception as e:
+            tb = traceback.format_exc(limit=3)
+            pending = [i for i in pending if i.key not in done]
+            if not pending:
+                break
+            # every pass settles at least this one instance, so the loop ends
+            record(pending[0], Verdict("error", 0.0, None, f"backend crashed: {type(e).__name__}: {e} | {tb[-600:]}"))
+            pending = pending[1:]
     return len(done)
 
 
@@ -273,7 +277,7 @@ def write_table(run_dir: Path, instances: list[Instance] | None = None) -> Path:
     rows = ResultStore(run_dir).rows()
     if instances is not None:
         order = {i.key: i.index for i in instances}
-        recs = sorted(rows.values(), key=lambda r: order.get(f"{r['onnx']},{r['vnnlib']}", 1 << 30))
+        recs = sorted(rows.values(), key=lambda r: order.get(row_key(r), 1 << 30))
     else:
         recs = sorted(rows.values(), key=lambda r: (r["onnx"], r["vnnlib"]))
     df = pd.DataFrame(recs, columns=COLUMNS) if recs else pd.DataFrame(columns=COLUMNS)
@@ -295,6 +299,8 @@ def verify(bench: str | Path, out: str | Path, backend: str = "builtin", workers
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout must be > 0, got {timeout}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"the chunk size (--chunk-size, verify.chunk_size) must be >= 1, got {chunk_size}")
     instances = load_instances(bench, timeout)
     probe = load_backend(backend, **(options or {}))  # unknown backend/profile: fail before creating anything
     probe.check_available()
@@ -310,7 +316,8 @@ def verify(bench: str | Path, out: str | Path, backend: str = "builtin", workers
         executors.execute(executor, spec, run_dir, todo, workers=workers, chunk_size=chunk_size,
                           options=executor_options or {}, log=log)
     write_table(run_dir, instances)
-    rows = ResultStore(run_dir).rows()
+    keys = {i.key for i in instances}
+    rows = {k: r for k, r in ResultStore(run_dir).rows().items() if k in keys}  # this benchmark's rows only
     counts = {s: 0 for s in STATUSES}
     for r in rows.values():
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1

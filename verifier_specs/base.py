@@ -50,6 +50,15 @@ class Instance:
         """Identifies the instance within its folder (the results store keys on it)."""
         return f"{self.onnx},{self.vnnlib}"
 
+    def to_dict(self) -> dict:
+        """Plain data for another process (a worker, a Slurm array task)."""
+        return {"root": str(self.root), "onnx": self.onnx, "vnnlib": self.vnnlib, "timeout": self.timeout,
+                "index": self.index}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Instance":
+        return cls(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"])
+
     def missing(self) -> str | None:
         """The error message for an ONNX or VNNLIB file that is not there, else None."""
         for kind, p in (("ONNX", self.onnx_path), ("VNNLIB", self.vnnlib_path)):

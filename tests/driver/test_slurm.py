@@ -277,8 +277,7 @@ def test_the_time_limit_warning_does_not_turn_unfinished_instances_into_error_ro
     spec = prepare_run(bench, run, "builtin", {}, None, resume=False)
     from driver.verify import load_instances
 
-    chunk = [{"root": str(i.root), "onnx": i.onnx, "vnnlib": i.vnnlib, "timeout": i.timeout, "index": i.index}
-             for i in load_instances(bench)]
+    chunk = [i.to_dict() for i in load_instances(bench)]
     code = ("import json, sys; from driver.slurm import run_task; "
             "print(run_task(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])))")
     env = dict(os.environ, SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="3")

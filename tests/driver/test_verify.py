@@ -105,3 +105,60 @@ def test_bad_input_is_one_line(argv, match, bench, tmp_path, capsys):
         code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and match in err and len(err.splitlines()) == 1
+
+
+def test_duplicate_instances_and_a_resume_with_other_settings_are_refused(bench, tmp_path):
+    import shutil
+
+    from driver.verify import BenchmarkError
+    from pruner.errors import ConfigError
+
+    dup = tmp_path / "dup"
+    shutil.copytree(bench, dup)
+    rows = (dup / "instances.csv").read_text().splitlines()
+    (dup / "instances.csv").write_text("\n".join(rows + rows[:1]) + "\n")
+    with pytest.raises(BenchmarkError, match=f"instances.csv:{len(rows) + 1}: .* is listed twice \\(first on line 1\\)"):
+        verify(dup, tmp_path / "r1", executor="serial", log=_quiet)
+    verify(bench, tmp_path / "r2", executor="serial", timeout=5, log=_quiet)
+    with pytest.raises(ConfigError, match="resume it with the same"):
+        verify(bench, tmp_path / "r2", executor="serial", timeout=7, resume=True, log=_quiet)
+    with pytest.raises(ConfigError, match="chunk size"):
+        verify(bench, tmp_path / "r3", chunk_size=0, log=_quiet)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def test_a_worker_killed_mid_chunk_costs_one_error_row_and_nothing_finished(bench, tmp_path):
+    """kill -9 of one local worker: its instance in flight gets an error row, the rest of its
+    chunk is verified by a new worker, and no finished verdict is overwritten."""
+    run = tmp_path / "run"
+    env = dict(os.environ, USNPRUNE_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "driver.cli", "verify", str(bench), "--out", str(run), "--workers", "2"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline:
+        workers = [c for c in _children(p.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()] \
+            if Path(f"/proc/{p.pid}").exists() else []
+        if len(ResultStore(run).rows()) >= 3 and workers:
+            break
+        time.sleep(0.02)
+    assert workers, "no worker process seen"
+    before = ResultStore(run).rows()
+    os.kill(workers[0], signal.SIGKILL)
+    assert p.wait(timeout=300) == 0
+    total = len(pd.read_csv(bench / "manifest.csv"))
+    rows = ResultStore(run).rows()
+    assert len(rows) == total  # every instance has a row
+    died = [r for r in rows.values() if "worker died" in str(r["message"])]
+    assert len(died) <= 1  # at most the one in flight
+    for k, r in before.items():  # what was finished before the kill stands
+        assert rows[k]["finished_at"] == r["finished_at"] and rows[k]["verdict"] == r["verdict"]

@@ -414,8 +414,6 @@ def test_an_unnamed_activation_sharing_a_name_with_another_keeps_its_own_relaxat
     """Relaxations are keyed by output tensor: an unnamed Relu whose output is 'r1' and a
     second Relu *named* 'r1' once shared one entry, and the backward pass applied the second
     layer's relaxation to the first (a bound 3 above the true minimum: unsound)."""
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(1)
 
     def init(name, a):
