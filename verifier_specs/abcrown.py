@@ -660,11 +660,7 @@ class AbcrownBackend(Backend):
                     f"expecting idx {k}); the process was stopped and the rest run again{self._where(ws)}"))
                 k += 1
                 break
-            verdict = self._batch_verdict(ws, item, done, startup if k == 0 else None)
-            if verdict is None:
-                rerun.append((item, done.status or "?"))
-            else:
-                on_result(item.inst, verdict)
+            self._settle(ws, item, done, startup if k == 0 else None, on_result, rerun)
             k += 1
             t_ref = time.monotonic()
         if not killed:
@@ -690,11 +686,7 @@ class AbcrownBackend(Backend):
             saved = []
         while k < len(saved) and k < len(remaining):  # answered, but the line was lost
             status, seconds = saved[k]
-            verdict = self._batch_verdict(ws, remaining[k], InstanceOutput(k, status, seconds), None)
-            if verdict is None:
-                rerun.append((remaining[k], status))
-            else:
-                on_result(remaining[k].inst, verdict)
+            self._settle(ws, remaining[k], InstanceOutput(k, status, seconds), None, on_result, rerun)
             k += 1
         if k >= len(remaining):
             return k
@@ -707,6 +699,16 @@ class AbcrownBackend(Backend):
         on_result(remaining[k].inst, Verdict("error", time.monotonic() - t_ref, None,
                                              self._error_from(proc, code, f"{what} on this instance", ws)))
         return k + 1
+
+    def _settle(self, ws: "_Scratch", item: _Staged, done: InstanceOutput, startup: float | None, on_result,
+                rerun: list) -> None:
+        """Report a finished instance, or queue it for a single run when it is falsified but
+        its counterexample cannot be recovered from this run."""
+        verdict = self._batch_verdict(ws, item, done, startup)
+        if verdict is None:
+            rerun.append((item, done.status or "?"))
+        else:
+            on_result(item.inst, verdict)
 
     def _batch_verdict(self, ws: "_Scratch", item: _Staged, done: InstanceOutput,
                        startup: float | None) -> Verdict | None:
