@@ -8,7 +8,9 @@
   period is killed with its process group, its instance in flight gets a ``timeout`` row,
   and the rest of its chunk goes back to the queue. A worker that dies (crash, out of
   memory) leaves an ``error`` row for its instance in flight, never the end of the run.
-  When GPUs are visible, worker k sees only GPU ``k mod n`` (one verifier per GPU).
+  Each worker talks to the parent over its own pair of pipes: a worker killed while
+  sending cannot wedge the others (with one shared multiprocessing queue, a SIGKILL during
+  a put left its lock taken and hung the run in 2 of 3 tries). When GPUs are visible, worker k sees only GPU ``k mod n`` (one verifier per GPU).
 * ``slurm``  -- a Slurm job array through submitit (driver/slurm.py).
 """
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
-import queue
+import pickle
 import signal
 import time
 from collections import Counter
@@ -113,7 +116,11 @@ def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
 
 
 def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None, threads: int) -> None:
-    """Worker process: take chunks until told to stop; report row/ready/fatal messages."""
+    """Worker process: take chunks until told to stop; report row/ready/fatal messages.
+
+    ``tasks`` and ``results`` are this worker's own pipe ends: a worker killed in the middle
+    of a message can only break its own pipe (a shared queue's lock would stay taken and
+    wedge every other worker)."""
     os.setpgrp()  # the parent kills the worker together with any verifier it started
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -123,24 +130,28 @@ def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: s
 
     spec = RunSpec(**spec_dict)
     writer = writer_name(f"local-{spec.run_id}-w{wid}")
-    results.put(("ready", wid, None))
+    results.send(("ready", wid, None))
     while True:
-        chunk = tasks.get()
+        try:
+            chunk = tasks.recv()
+        except EOFError:  # the parent is gone
+            return
         if chunk is None:
             return
         insts = [Instance.from_dict(d) for d in chunk]
         try:
-            run_chunk(spec, Path(run_dir), insts, writer, on_row=lambda row: results.put(("row", wid, row)))
+            run_chunk(spec, Path(run_dir), insts, writer, on_row=lambda row: results.send(("row", wid, row)))
         except Exception as e:  # e.g. the backend cannot be loaded: tell the parent, stop
-            results.put(("fatal", wid, f"{type(e).__name__}: {e}"))
+            results.send(("fatal", wid, f"{type(e).__name__}: {e}"))
             return
-        results.put(("ready", wid, None))
+        results.send(("ready", wid, None))
 
 
 @dataclasses.dataclass
 class _Worker:
     proc: mp.Process
-    tasks: object
+    tasks: object  # the parent's sending end of the worker's task pipe
+    results: object  # the parent's receiving end of the worker's result pipe
     chunk: list[dict] = dataclasses.field(default_factory=list)
     last_seen: float = 0.0
     busy: bool = False
@@ -155,7 +166,6 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
     pending = [[i.to_dict() for i in c] for c in chunks_of(instances, size)]
     by_key = {i.key: i for i in instances}
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
     gpus = visible_gpus()
     n = min(workers, max(1, len(pending)))
     pool: dict[int, _Worker] = {}
@@ -170,12 +180,28 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
     def start_worker() -> None:
         wid = next_wid[0]
         next_wid[0] += 1
-        tasks = ctx.Queue()
+        task_r, task_w = ctx.Pipe(duplex=False)
+        res_r, res_w = ctx.Pipe(duplex=False)
         gpu = gpus[wid % len(gpus)] if gpus else None
-        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), tasks, results, gpu, threads),
+        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), task_r, res_w, gpu, threads),
                         daemon=True)
         p.start()
-        pool[wid] = _Worker(p, tasks, last_seen=time.monotonic())
+        task_r.close()  # the worker's ends live in the worker now
+        res_w.close()
+        pool[wid] = _Worker(p, task_w, res_r, last_seen=time.monotonic())
+
+    def messages(timeout: float):
+        """Messages from live workers' pipes (a pipe at EOF or torn: its worker is dead,
+        which the liveness check below handles)."""
+        ready = mp_connection.wait([w.results for w in pool.values()], timeout)
+        out = []
+        for conn in ready:
+            try:
+                while conn.poll():
+                    out.append(conn.recv())
+            except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+                pass
+        return out
 
     def lost_instance(w: _Worker, status: str, message: str) -> None:
         """A killed/dead worker: a row for its instance in flight, the rest requeued.
@@ -194,17 +220,29 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         if rest[1:]:
             pending.insert(0, rest[1:])
 
+    def retire(wid: int, kill: bool = False) -> None:
+        w = pool.pop(wid)
+        if kill:
+            _kill(w.proc)
+        else:
+            try:
+                w.tasks.send(None)
+            except OSError:
+                pass
+            w.proc.join(timeout=10)
+        w.tasks.close()
+        w.results.close()
+
     for _ in range(n):
         start_worker()
     fatal = None
     try:
         while pool:
-            try:
-                kind, wid, payload = results.get(timeout=0.5)
-            except queue.Empty:
-                kind = None
+            msgs = messages(0.5)
             now = time.monotonic()
-            if kind is not None and wid in pool:
+            for kind, wid, payload in msgs:
+                if wid not in pool:
+                    continue
                 w = pool[wid]
                 w.last_seen = now
                 if kind == "row":
@@ -214,32 +252,30 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
                     if pending and fatal is None:
                         w.chunk = pending.pop(0)
                         w.busy = True
-                        w.tasks.put(w.chunk)
+                        try:
+                            w.tasks.send(w.chunk)
+                        except OSError:
+                            pass  # it died: the liveness check below settles the chunk
                     else:
-                        w.tasks.put(None)
-                        w.proc.join(timeout=10)
-                        del pool[wid]
+                        retire(wid)
                 elif kind == "fatal":
                     fatal = payload
-                    w.tasks.put(None)
-                    w.proc.join(timeout=10)
-                    del pool[wid]
+                    retire(wid)
             for wid, w in list(pool.items()):
                 limit = max((d["timeout"] for d in w.chunk), default=0.0) + GRACE_S
                 if w.busy and now - w.last_seen > limit:
-                    _kill(w.proc)
+                    retire(wid, kill=True)
                     lost_instance(w, "timeout", f"hard limit: no answer after {now - w.last_seen:.0f} s; worker killed")
-                    del pool[wid]
                     start_worker()
                 elif not w.proc.is_alive():
                     code = w.proc.exitcode
-                    del pool[wid]
+                    retire(wid, kill=True)
                     if w.busy:
                         lost_instance(w, "error", f"worker died (exit code {code}) while verifying")
                         start_worker()
     finally:
-        for w in pool.values():
-            _kill(w.proc)
+        for wid in list(pool):
+            retire(wid, kill=True)
         progress.close()
     if fatal:
         raise ConfigError(f"verifier workers could not start: {fatal}")
