@@ -260,6 +260,9 @@ def run_task(spec_dict: dict, run_dir: str, chunk: list[dict]) -> dict:
     usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
     signal.signal(usr, lambda *_: print("usnprune: the time limit is near; unfinished instances stay without a row "
                                         "(--resume runs them again)", file=sys.stderr, flush=True))
+    # torch threads: the CPUs Slurm gave this task (1 unless --cpus-per-task), not the node's
+    # cores -- several tasks share a node, and oversubscribed torch threads spin
+    os.environ.setdefault("USNPRUNE_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     array_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID", "nojob")
     task_id = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
     writer = f"slurm-{array_id}_{task_id}"
