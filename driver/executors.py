@@ -10,7 +10,8 @@
   memory) leaves an ``error`` row for its instance in flight, never the end of the run.
   Each worker talks to the parent over its own pair of pipes: a worker killed while
   sending cannot wedge the others (with one shared multiprocessing queue, a SIGKILL during
-  a put left its lock taken and hung the run in 2 of 3 tries). When GPUs are visible, worker k sees only GPU ``k mod n`` (one verifier per GPU).
+  a put left its lock taken and hung the run in 2 of 3 tries). When GPUs are visible,
+  worker k sees only GPU ``k mod n`` (one verifier per GPU).
 * ``slurm``  -- a Slurm job array through submitit (driver/slurm.py).
 """
 
@@ -30,7 +31,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from pruner.errors import ConfigError
-from verifier_specs.base import Instance, Verdict, load_backend
+from verifier_specs.base import Instance, Verdict, load_backend, usable_cores
 
 GRACE_S = 30.0  # beyond an instance's timeout before the parent kills a silent worker
 
@@ -175,7 +176,7 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
     manifest = load_manifest(spec.bench)
     progress = Progress(len(instances), f"verify x{n}")
     next_wid = [0]
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // n)
+    threads = max(1, usable_cores() // n)
 
     def start_worker() -> None:
         wid = next_wid[0]

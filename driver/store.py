@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from verifier_specs.base import instance_key
+
 RESULTS_DIR = "results"
 
 
 def row_key(row: dict) -> str:
-    """The instance key ``onnx,vnnlib`` of a row (as :attr:`Instance.key`)."""
-    return f"{row['onnx']},{row['vnnlib']}"
+    """The instance key of a row (as :attr:`Instance.key`)."""
+    return instance_key(row["onnx"], row["vnnlib"])
 
 
 def writer_name(prefix: str = "w") -> str:

@@ -270,11 +270,12 @@ def run_chunk(spec: RunSpec, run_dir: Path, instances: list[Instance], writer: s
 # ---- the command --------------------------------------------------------------------
 
 
-def write_table(run_dir: Path, instances: list[Instance] | None = None) -> Path:
-    """RUN/instances.csv from the store, in benchmark order (atomic rewrite)."""
+def write_table(run_dir: Path, instances: list[Instance] | None = None, rows: dict[str, dict] | None = None) -> Path:
+    """RUN/instances.csv from the store (or its ``rows``, already read), in benchmark order
+    (atomic rewrite)."""
     import pandas as pd
 
-    rows = ResultStore(run_dir).rows()
+    rows = ResultStore(run_dir).rows() if rows is None else rows
     if instances is not None:
         order = {i.key: i.index for i in instances}
         recs = sorted(rows.values(), key=lambda r: order.get(row_key(r), 1 << 30))
@@ -315,9 +316,10 @@ def verify(bench: str | Path, out: str | Path, backend: str = "builtin", workers
     if todo:
         executors.execute(executor, spec, run_dir, todo, workers=workers, chunk_size=chunk_size,
                           options=executor_options or {}, log=log)
-    write_table(run_dir, instances)
+    rows = ResultStore(run_dir).rows()
+    write_table(run_dir, instances, rows)
     keys = {i.key for i in instances}
-    rows = {k: r for k, r in ResultStore(run_dir).rows().items() if k in keys}  # this benchmark's rows only
+    rows = {k: r for k, r in rows.items() if k in keys}  # this benchmark's rows only
     counts = {s: 0 for s in STATUSES}
     for r in rows.values():
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1

@@ -233,7 +233,6 @@ class TranscriptParser:
             return done
         return None
 
-
     def _end_adv(self) -> None:
         text = " ".join(self._adv or [])
         body = text[text.find("(") + 1:] if "(" in text else text

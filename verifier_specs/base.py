@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -48,7 +49,7 @@ class Instance:
     @property
     def key(self) -> str:
         """Identifies the instance within its folder (the results store keys on it)."""
-        return f"{self.onnx},{self.vnnlib}"
+        return instance_key(self.onnx, self.vnnlib)
 
     def to_dict(self) -> dict:
         """Plain data for another process (a worker, a Slurm array task)."""
@@ -65,6 +66,18 @@ class Instance:
             if not p.is_file():
                 return f"{p}: no such {kind} file"
         return None
+
+
+def instance_key(onnx: str, vnnlib: str) -> str:
+    """``onnx,vnnlib`` as in instances.csv: the key of an instance, and of its result rows."""
+    return f"{onnx},{vnnlib}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import torch
 from export.vnnlib import VnnlibError, parse_file
 from pruner.config import from_dict
 from pruner.errors import UsnpruneError
-from verifier_specs.base import Backend, Instance, Verdict, timed
+from verifier_specs.base import Backend, Instance, Verdict, timed, usable_cores
 from verifier_specs.replay import get_session
 
 from . import bab
@@ -95,4 +95,4 @@ def _auto_threads() -> int:
     env = os.environ.get("USNPRUNE_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return usable_cores()
