@@ -23,8 +23,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pruner.data.coco import load_split  # noqa: E402
-from pruner.data.synthetic import generate  # noqa: E402
+from usnprune.pruner.data.coco import load_split  # noqa: E402
+from usnprune.pruner.data.synthetic import generate  # noqa: E402
 
 
 def network(k: int) -> nn.Module:

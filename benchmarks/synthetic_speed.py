@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pruner.data.coco import load_split  # noqa: E402
-from pruner.data.synthetic import generate  # noqa: E402
+from usnprune.pruner.data.coco import load_split  # noqa: E402
+from usnprune.pruner.data.synthetic import generate  # noqa: E402
 
 
 def main(n_train=4000, n_test=400, size=32):

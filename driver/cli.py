@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from pruner.errors import ConfigError, UsnpruneError
+from usnprune.config import default_of, from_dict, load_yaml
+from usnprune.errors import ConfigError, UsnpruneError
+from usnprune.export.benchmark import ExportConfig
+from usnprune.pruner.data.synthetic import SynthConfig
+from usnprune.pruner.evaluate import EvalConfig
+from usnprune.pruner.models import CHECKPOINT_NAME
+from usnprune.pruner.perturbation import Box
+from usnprune.pruner.train import TrainConfig
+from usnprune.system import progress_enabled
+
+from .dispatch import EXECUTORS
+from .verify import VerifyConfig
 
 EXIT_USER_ERROR = 2
 
@@ -51,27 +61,23 @@ def _count(name: str, minimum: int = 1):
 
 
 def _box(args):
-    from pruner.perturbation import Box
-
-    return Box(args.eps_contrast, args.eps_brightness)
+    return Box.make(args.eps_contrast, args.eps_brightness, where="--eps-contrast/--eps-brightness")
 
 
 # ---- commands -----------------------------------------------------------------------
 
 
 def cmd_data_synth(args) -> int:
-    from pruner.data.synthetic import generate
+    from usnprune.pruner.data.synthetic import generate
 
     out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, force=args.force,
-                   progress=None if os.environ.get("USNPRUNE_NO_PROGRESS") != "1" else False)
+                   progress=None if progress_enabled() else False)
     print(f"wrote a synthetic COCO-keypoints dataset to {out}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from pruner.config import load_yaml
-    from pruner.train import TrainConfig, train
-    from pruner.config import from_dict
+    from usnprune.pruner.train import train
 
     raw = load_yaml(args.config)
     for key in ("data", "out"):
@@ -80,19 +86,20 @@ def cmd_train(args) -> int:
     cfg = from_dict(TrainConfig, raw, where=str(args.config))
     metrics = train(cfg)
     print(json.dumps(metrics, indent=2))
-    print(f"checkpoint: {Path(cfg.out) / 'model.pt'}")
+    print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from pruner.data.coco import load_split
-    from pruner.evaluate import evaluate, metrics_table
-    from pruner.models import load_checkpoint
+    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.evaluate import evaluate, metrics_table
+    from usnprune.pruner.models import load_checkpoint
 
-    box = _box(args)
+    cfg = EvalConfig(perturbation=_box(args), deltas=args.delta, grid=args.grid, split=args.split)
+    cfg.check("eval")
     model, meta = load_checkpoint(args.checkpoint)
-    ds = load_split(args.data, args.split, model.arch.input_size)
-    res = evaluate(model, ds, deltas=args.delta, box=box, grid=args.grid)
+    ds = load_split(args.data, cfg.split, model.arch.input_size)
+    res = evaluate(model, ds, deltas=cfg.deltas, box=cfg.perturbation, grid=cfg.grid)
     df = metrics_table(res, {"checkpoint": str(args.checkpoint)})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -104,31 +111,31 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from pruner.prune import analyze, load_prune_config
+    from usnprune.pruner.prune import analyze, load_prune_config
 
     cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=args.data, out=args.out,
                             method=args.method, sparsity=args.sparsity, seed=args.seed)
     if args.analyze_only:
-        rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.eps_c, cfg.eps_b, cfg.calibration.images,
+        rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.perturbation, cfg.calibration.images,
                        cfg.calibration.perturbations, cfg.seed)
         for r in rows:
             print(f"{r['layer']:>6}: {r['units']:4d} units, mean USN {r['mean_usn']:.3f}, "
                   f"unstable {r['unstable_share']:.1%}, looseness share {r['looseness_share']:.1%}")
         print(f"wrote {Path(cfg.out) / 'analysis.csv'} and {Path(cfg.out) / 'analysis.png'}")
         return 0
-    from pruner.prune import prune
+    from usnprune.pruner.prune import prune
 
     prune(cfg)
-    print(f"checkpoint: {Path(cfg.out) / 'model.pt'}; report: {Path(cfg.out) / 'report.json'}")
+    print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}; report: {Path(cfg.out) / 'report.json'}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from export.benchmark import ExportConfig, export_benchmark
+    from usnprune.export.benchmark import export_benchmark
 
     cfg = ExportConfig(
         checkpoints=args.checkpoint, categories=args.category, data=args.data, out=args.out,
-        eps_c=args.eps_contrast, eps_b=args.eps_brightness, deltas=args.delta, images=args.images, pool=args.pool,
+        perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
         timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
         skip_violated=args.skip_violated, split=args.split, force=args.force)
     cfg.check("export")
@@ -150,16 +157,18 @@ def _parse_options(items: list[str] | None) -> dict:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify
+    from .verify import run_verify
 
     executor_options = _parse_options(args.sbatch)
     for key in ("partition", "time_min", "gpus_per_task", "cpus_per_task", "account", "mem_gb"):
         val = getattr(args, key, None)
         if val is not None:
             executor_options[key] = val
-    res = verify(args.bench, args.out, backend=args.backend, workers=args.workers, timeout=args.timeout,
-                 resume=args.resume, executor=args.executor, options=_parse_options(args.option),
-                 chunk_size=args.chunk_size, executor_options=executor_options)
+    cfg = VerifyConfig(backend=args.backend, workers=args.workers, timeout=args.timeout, executor=args.executor,
+                       chunk_size=args.chunk_size, options=_parse_options(args.option),
+                       executor_options=executor_options)
+    cfg.check("verify")
+    res = run_verify(args.bench, args.out, cfg, resume=args.resume)
     if args.cross_check:
         from .verify import cross_check
 
@@ -192,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     s = dsub.add_parser("synth", help="generate the synthetic aircraft keypoint dataset (COCO format)")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--n-train", type=_count("--n-train"), default=4000)
-    s.add_argument("--n-test", type=_count("--n-test"), default=400)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=_count("--size", 16), default=32, help="image side in pixels")
+    s.add_argument("--n-train", type=_count("--n-train"), default=default_of(SynthConfig, "n_train"))
+    s.add_argument("--n-test", type=_count("--n-test"), default=default_of(SynthConfig, "n_test"))
+    s.add_argument("--seed", type=int, default=default_of(SynthConfig, "seed"))
+    s.add_argument("--size", type=_count("--size", 16), default=default_of(SynthConfig, "size"), help="image side in pixels")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder")
     s.set_defaults(func=cmd_data_synth)
 
@@ -208,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="clean and empirically robust keypoint metrics")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True, help="dataset folder")
-    e.add_argument("--split", default="test")
+    e.add_argument("--split", default=default_of(EvalConfig, "split"))
     _add_box_args(e)
-    e.add_argument("--delta", type=_positive("--delta"), nargs="+", default=[1.0, 2.0], help="tolerances in px")
-    e.add_argument("--grid", type=_count("--grid", 2), default=11, help="grid points per axis of the box")
+    e.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(EvalConfig, "deltas"),
+                   help="tolerances in px")
+    e.add_argument("--grid", type=_count("--grid", 2), default=default_of(EvalConfig, "grid"),
+                   help="grid points per axis of the box")
     e.add_argument("--out", help="CSV file for the per-keypoint table")
     e.set_defaults(func=cmd_eval)
 
@@ -230,15 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True, nargs="+", help="one or more checkpoints (one category each)")
     ex.add_argument("--category", nargs="+", help="category names, one per checkpoint")
     ex.add_argument("--data", required=True, help="dataset folder")
-    ex.add_argument("--split", default="test")
+    ex.add_argument("--split", default=default_of(ExportConfig, "split"))
     ex.add_argument("--out", required=True, help="benchmark folder to write")
     _add_box_args(ex)
-    ex.add_argument("--delta", type=_positive("--delta"), nargs="+", default=[2.0], help="tolerances in px")
-    ex.add_argument("--images", type=_count("--images"), default=20, help="images verified per network")
+    ex.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(ExportConfig, "deltas"),
+                    help="tolerances in px")
+    ex.add_argument("--images", type=_count("--images"), default=default_of(ExportConfig, "images"),
+                    help="images verified per network")
     ex.add_argument("--pool", type=_count("--pool"), help="images exported (default 2 x --images)")
-    ex.add_argument("--timeout", type=_positive("--timeout"), default=60.0, help="seconds per instance")
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--reference", choices=["gt", "prediction"], default="gt")
+    ex.add_argument("--timeout", type=_positive("--timeout"), default=default_of(ExportConfig, "timeout"),
+                    help="seconds per instance")
+    ex.add_argument("--seed", type=int, default=default_of(ExportConfig, "seed"))
+    ex.add_argument("--reference", choices=["gt", "prediction"], default=default_of(ExportConfig, "reference"))
     ex.add_argument("--gzip", action="store_true", help="write .vnnlib.gz")
     ex.add_argument("--skip-violated", action="store_true", help="leave out instances violated at the identity")
     ex.add_argument("--force", action="store_true", help="write into an existing folder")
@@ -246,12 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="verify a benchmark folder; one result row per instance")
     v.add_argument("bench", help="benchmark folder (instances.csv, onnx/, vnnlib/)")
-    v.add_argument("--backend", default="builtin", help="verifier profile name or profile YAML (builtin, abcrown, ...)")
+    v.add_argument("--backend", default=default_of(VerifyConfig, "backend"),
+                   help="verifier profile name or profile YAML (builtin, abcrown, ...)")
     v.add_argument("--out", required=True, help="run folder")
-    v.add_argument("--workers", type=_count("--workers"), default=1)
+    v.add_argument("--workers", type=_count("--workers"), default=default_of(VerifyConfig, "workers"))
     v.add_argument("--timeout", type=_positive("--timeout"), help="seconds per instance (default: instances.csv)")
     v.add_argument("--resume", action="store_true", help="continue a run: only instances without a result")
-    v.add_argument("--executor", choices=["serial", "local", "slurm"], default="local")
+    v.add_argument("--executor", choices=list(EXECUTORS), default=default_of(VerifyConfig, "executor"))
     v.add_argument("--chunk-size", type=_count("--chunk-size"), help="instances per worker task / array task")
     v.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option override (repeatable)")
     v.add_argument("--cross-check", nargs="+", metavar="BACKEND", help="also run these backends and compare verdicts")
@@ -281,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_box_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps-contrast", type=float, default=0.1, help="contrast c in [1-eps, 1+eps]")
-    p.add_argument("--eps-brightness", type=float, default=0.1, help="brightness b in [-eps, eps]")
+    p.add_argument("--eps-contrast", type=float, default=default_of(Box, "eps_c"), help="contrast c in [1-eps, 1+eps]")
+    p.add_argument("--eps-brightness", type=float, default=default_of(Box, "eps_b"), help="brightness b in [-eps, eps]")
 
 
 def main(argv: list[str] | None = None) -> int:

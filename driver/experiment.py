@@ -17,14 +17,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pruner.config import ConfigError, from_dict, load_yaml, to_dict
+from usnprune.config import ConfigError, load_yaml, to_dict
+from usnprune.files import atomic_write_text
 
-from .stages import STAGE_TABLE, STAGES, Context, check_train_section
+from .stages import PIPELINE, Context
+from .study import STUDY
+
+STAGES = {s.name: s for s in PIPELINE + STUDY}  # in pipeline order
+TOP_KEYS = ("out", "seed", "seeds", "description")
 
 
 # ---- the runner ---------------------------------------------------------------------
@@ -34,14 +38,14 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_experiment(path: str | Path) -> tuple[Path, int, dict[str, Any], dict[str, Any]]:
+def load_experiment(path: str | Path) -> tuple[Path, list[int], dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """(out, seeds, stage -> (section, config template), stage -> plain data for the stamps)."""
     raw = load_yaml(path)
     where = str(path)
-    allowed = {"out", "seed", "seeds", "description", *STAGES}
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(set(raw) - set(TOP_KEYS) - set(STAGES))
     if unknown:
         raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                          f"(allowed: {', '.join(['out', 'seed', 'seeds', 'description', *STAGES])})")
+                          f"(allowed: {', '.join([*TOP_KEYS, *STAGES])})")
     if "out" not in raw:
         raise ConfigError(f"{where}: missing required key out (the experiment's output folder)")
     if "data" not in raw:
@@ -54,25 +58,16 @@ def load_experiment(path: str | Path) -> tuple[Path, int, dict[str, Any], dict[s
         raise ConfigError(f"{where}.seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}.seeds: seeds repeat: {seeds}")
-    sections: dict[str, Any] = {}
+    synth = (raw.get("data") or {}).get("synth") if isinstance(raw.get("data"), dict) else None
+    if isinstance(raw.get("train"), dict) and isinstance(synth, dict) and "size" in synth:
+        raw["train"].setdefault("input_size", synth["size"])  # the network's input is the data's size
+    sections: dict[str, tuple[Any, Any]] = {}
     plain: dict[str, Any] = {}
-    for name in STAGES:
-        if name not in raw:
-            continue
-        typ, _ = STAGE_TABLE[name]
-        value = raw[name] if raw[name] is not None else {}
-        if typ is None:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{name}: expected a mapping")
-            if name == "train":
-                check_train_section(value, f"{where}.train")
-            sections[name] = value
-        else:
-            sections[name] = from_dict(typ, value, where=f"{where}.{name}")
-        plain[name] = to_dict(sections[name])
+    for name, stage in STAGES.items():
+        if name in raw:
+            sections[name] = stage.load(raw[name], f"{where}.{name}")
+            plain[name] = [to_dict(sections[name][0]), to_dict(sections[name][1])]
     return Path(raw["out"]), seeds, sections, plain
-
-
 def run_experiment(path: str | Path, force: bool = False, only: list[str] | None = None,
                    log: Callable[[str], None] = print) -> Path:
     out, seeds, sections, plain = load_experiment(path)
@@ -84,7 +79,7 @@ def run_experiment(path: str | Path, force: bool = False, only: list[str] | None
     ctx = Context(out=out, sections=sections, seeds=seeds, log=log)
     chain = _hash({"seeds": seeds})
     t_all = time.perf_counter()
-    for name in STAGES:
+    for name, stage in STAGES.items():
         if name not in sections:
             continue
         chain = _hash([chain, name, plain[name]])
@@ -109,19 +104,14 @@ def run_experiment(path: str | Path, force: bool = False, only: list[str] | None
         ctx.force = stale
         if stamp.is_file():
             stamp.unlink()
-        started.parent.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps({"hash": chain}))
+        atomic_write_text(started, json.dumps({"hash": chain}))
         log(f"[{name}] running")
         t0 = time.perf_counter()
-        typ, runner = STAGE_TABLE[name]
-        runner(ctx, sections[name])
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
+        stage.run(ctx, *sections[name])
+        atomic_write_text(stamp, json.dumps({
             "hash": chain, "config": plain[name], "seconds": round(time.perf_counter() - t0, 2),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         }, indent=2))
-        os.replace(tmp, stamp)
         log(f"[{name}] done in {time.perf_counter() - t0:.1f} s")
     log(f"experiment finished in {time.perf_counter() - t_all:.1f} s; outputs in {out.resolve()}")
     return out

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pruner.errors import ConfigError
+from usnprune.errors import ConfigError
+from usnprune.pruner.models import network_name
 
 from .report import check_ceiling
 
@@ -26,7 +27,7 @@ def _test_metrics(ctx) -> pd.DataFrame:
     for seed in ctx.seeds:
         f = ctx.stage_dir("eval") / f"dense_seed{seed}.json"
         if f.is_file():
-            rows.append({"network": f"dense-seed{seed}", **json.loads(f.read_text()), "fidelity_px": 0.0})
+            rows.append({"network": network_name("dense", 0.0, seed), **json.loads(f.read_text()), "fidelity_px": 0.0})
     for rep in sorted(ctx.stage_dir("prune").glob("*/report.json")):
         r = json.loads(rep.read_text())
         rows.append({"network": rep.parent.name, **r["test"], "fidelity_px": r["fidelity_px"],

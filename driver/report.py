@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pruner.errors import UsnpruneError
+from usnprune.errors import UsnpruneError
 
-from .verify import RUN_FILE, RunSpec, write_table
+from .runfolder import RUN_FILE, RunSpec, write_table
 
 VERDICT_COLORS = {"certified": "#2ca02c", "falsified": "#d62728", "timeout": "#ff7f0e", "unknown": "#7f7f7f", "error": "#000000"}
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from verifier_specs.base import instance_key
+from usnprune.verifier_specs.base import instance_key
 
 RESULTS_DIR = "results"
 

@@ -33,14 +33,16 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from pruner import __version__, perturbation
-from pruner.config import require
-from pruner.errors import UsnpruneError
+from usnprune import __version__
+from usnprune.config import require
+from usnprune.errors import UsnpruneError
+from usnprune.pruner import perturbation
+from usnprune.pruner.models import network_name
 
 from . import onnx_model
 from .templates import generate_properties as gp
 
-MARKER = "benchmark.json"
+BENCHMARK_FILE = "benchmark.json"
 
 
 class BenchmarkError(UsnpruneError):
@@ -53,9 +55,8 @@ class ExportConfig:
     data: str
     out: str
     categories: list[str] | None = None  # names, one per checkpoint (default: from the checkpoint)
-    eps_c: float = 0.1
-    eps_b: float = 0.1
-    deltas: list[float] = dataclasses.field(default_factory=lambda: [2.0])
+    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the (c, b) box
+    deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5])  # px; 0.5 separates networks at eps 0.1
     images: int = 20  # images verified (chosen from the pool by the seed)
     pool: int | None = None  # images exported (default: 2 x images, at most the test split)
     timeout: float = 60.0
@@ -67,7 +68,6 @@ class ExportConfig:
     force: bool = False
 
     def check(self, where: str = "export") -> None:
-        perturbation.check_eps(self.eps_c, self.eps_b, where)
         require(len(self.deltas) >= 1, f"{where}.deltas", "give at least one delta")
         for d in self.deltas:
             require(d > 0, f"{where}.delta", f"must be > 0, got {d}")
@@ -82,10 +82,11 @@ class ExportConfig:
 
 
 def category_name(meta: dict, fallback: str) -> str:
+    """The network name of a checkpoint from its meta (``fallback`` when it carries none)."""
     method = meta.get("method")
-    if method in (None, "dense"):
-        return f"dense-seed{meta['seed']}" if "seed" in meta else fallback
-    return f"{method}-{float(meta.get('sparsity', 0)):g}-seed{meta.get('seed', 0)}"
+    if method in (None, "dense") and "seed" not in meta:
+        return fallback
+    return network_name(method, meta.get("sparsity", 0.0), meta.get("seed", 0))
 
 
 def _prepare_target(out: Path, force: bool) -> list[str]:
@@ -94,7 +95,7 @@ def _prepare_target(out: Path, force: bool) -> list[str]:
         raise BenchmarkError(f"{out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return []
-    marker = out / MARKER
+    marker = out / BENCHMARK_FILE
     ours = []
     if marker.is_file():
         try:
@@ -121,14 +122,14 @@ def _writable_parent(out: Path) -> Path:
 
 def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
     """Write the benchmark folder; returns counts and timings."""
-    from pruner.data.coco import load_split
-    from pruner.models import count_parameters, file_hash, load_checkpoint
+    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.models import count_parameters, file_hash, load_checkpoint
 
     cfg.check()
     out = Path(cfg.out)
     replace = _prepare_target(out, cfg.force)
     parent = _writable_parent(out)
-    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    box = cfg.perturbation
     # load every network first: a bad checkpoint fails before anything is written
     nets = []
     for i, ck in enumerate(cfg.checkpoints):
@@ -190,18 +191,18 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                  flags=np.asarray(ds.flags)[pool], **{f"pred_{n}": p for n, p in preds.items()})
         meta_out = {
             "format": "usnprune-benchmark", "toolkit_version": __version__, "seed": cfg.seed,
-            "eps_c": cfg.eps_c, "eps_b": cfg.eps_b, "input_lower": list(box.lower), "input_upper": list(box.upper),
+            "eps_c": box.eps_c, "eps_b": box.eps_b, "input_lower": list(box.lower), "input_upper": list(box.upper),
             "deltas": list(cfg.deltas), "images": cfg.images, "timeout": cfg.timeout, "reference": cfg.reference,
             "gzip": cfg.gzip, "skip_violated": cfg.skip_violated, "min_flag": 1, "data": str(cfg.data),
             "split": cfg.split, "keypoint_names": list(ds.keypoint_names), "categories": categories,
         }
-        (tmp / MARKER).write_text(json.dumps(meta_out, indent=1))
+        (tmp / BENCHMARK_FILE).write_text(json.dumps(meta_out, indent=1))
         shutil.copyfile(gp.__file__, tmp / "generate_properties.py")
         stats = gp.generate(str(tmp), cfg.seed)
         (tmp / "README.md").write_text(_readme(meta_out, stats))
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != MARKER)
-        meta_out["files"] = files + [MARKER]
-        (tmp / MARKER).write_text(json.dumps(meta_out, indent=1))
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != BENCHMARK_FILE)
+        meta_out["files"] = files + [BENCHMARK_FILE]
+        (tmp / BENCHMARK_FILE).write_text(json.dumps(meta_out, indent=1))
         _install(tmp, out, replace, files)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
@@ -224,7 +225,7 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
             out.rmdir()
         os.replace(tmp, out)
         return
-    for rel in [MARKER, "instances.csv"] + [r for r in replace if r not in (MARKER, "instances.csv")]:
+    for rel in [BENCHMARK_FILE, "instances.csv"] + [r for r in replace if r not in (BENCHMARK_FILE, "instances.csv")]:
         p = out / rel
         if p.is_file():
             p.unlink()
@@ -235,7 +236,7 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / rel, dst)
     os.replace(tmp / "instances.csv", out / "instances.csv")
-    os.replace(tmp / MARKER, out / MARKER)
+    os.replace(tmp / BENCHMARK_FILE, out / BENCHMARK_FILE)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -13,10 +13,30 @@ every empirical figure here is an upper bound of its certified counterpart:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
+from usnprune.config import require
+
 from . import perturbation
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """What ``usnprune eval`` and an experiment's ``eval:`` measure."""
+
+    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)
+    deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])  # px
+    grid: int = 11  # grid points per axis of the box (corners and identity included)
+    split: str = "test"
+
+    def check(self, where: str) -> None:
+        require(len(self.deltas) >= 1, f"{where}.deltas", "give at least one delta")
+        for d in self.deltas:
+            require(d > 0, f"{where}.deltas", f"every delta must be > 0, got {d}")
+        require(self.grid >= 2, f"{where}.grid", f"must be >= 2, got {self.grid}")
 
 
 def _fmt(d: float) -> str:

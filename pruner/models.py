@@ -27,11 +27,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, from_dict, require, to_dict
-from .errors import CheckpointError
+from usnprune.config import ConfigError, from_dict, require, to_dict
+from usnprune.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "usnprune-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "model.pt"  # what train and prune write into their output folder
+
+
+def network_name(method: str | None, sparsity: float = 0.0, seed: int | str = 0) -> str:
+    """A network's name everywhere (benchmark categories, result rows, tables, folders):
+    ``dense-seed0`` for a trained network, ``usn_w-0.5-seed0`` for a pruned one."""
+    if method in (None, "", "dense"):
+        return f"dense-seed{seed}"
+    return f"{method}-{float(sparsity):g}-seed{seed}"
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ import itertools
 import numpy as np
 import torch
 
-from .config import require
+from usnprune.config import require
 
 IDENTITY = (1.0, 0.0)
 
@@ -31,16 +31,23 @@ def check_eps(eps_c: float, eps_b: float, where: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """The (contrast, brightness) box."""
+    """The (contrast, brightness) box: the one perturbation value every configuration carries
+    (``perturbation: {eps_c: 0.1, eps_b: 0.1}`` in YAML). It is validated where it enters,
+    by :func:`usnprune.config.from_dict` (which calls :meth:`check` with the key's place) or
+    :meth:`make`; code that receives a Box can rely on it."""
 
     eps_c: float = 0.1
     eps_b: float = 0.1
 
-    def __post_init__(self) -> None:
-        check_eps(self.eps_c, self.eps_b, "perturbation")
-
     def check(self, where: str = "perturbation") -> None:
         check_eps(self.eps_c, self.eps_b, where)
+
+    @classmethod
+    def make(cls, eps_c: float, eps_b: float, where: str = "perturbation") -> "Box":
+        """A validated box (ConfigError naming ``where`` otherwise)."""
+        box = cls(eps_c, eps_b)
+        box.check(where)
+        return box
 
     @property
     def lower(self) -> np.ndarray:

@@ -27,11 +27,20 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from usnprune.config import from_dict, require, to_dict
+from usnprune.errors import ConfigError
+
 from . import perturbation
-from .config import from_dict, require, to_dict
-from .errors import ConfigError
 from .importance import get_importance, make_calibration
-from .models import KeypointNet, count_flops, count_parameters, file_hash, load_checkpoint, save_checkpoint
+from .models import (
+    CHECKPOINT_NAME,
+    KeypointNet,
+    count_flops,
+    count_parameters,
+    file_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .surgery import keep_from_remove, prune_units
 from .train import AugmentConfig, OptimConfig, fit, label_mask, resolve_device, seed_everything
 from .wasserstein import pooled, usn_gate_penalty, w1_to_target
@@ -79,8 +88,7 @@ class PruneConfig:
     ranking: Literal["global", "layer"] = "global"
     min_keep: int = 1  # units every layer keeps (global ranking)
     min_keep_ratio: float = 0.05  # ... and at least this share of its original width (global ranking)
-    eps_c: float = 0.1  # the box USN is scored on
-    eps_b: float = 0.1
+    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the box USN is scored on
     bound_weight: float = 0.0  # weight of the bound-based stability term in USN (0 = off)
     calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
@@ -96,14 +104,13 @@ class PruneConfig:
         require(0.0 <= self.sparsity < 1.0, f"{where}.sparsity", f"must be in [0, 1), got {self.sparsity}")
         require(self.min_keep >= 1, f"{where}.min_keep", f"a layer must keep at least one unit, got {self.min_keep}")
         require(0.0 <= self.min_keep_ratio < 1.0, f"{where}.min_keep_ratio", f"must be in [0, 1), got {self.min_keep_ratio}")
-        perturbation.check_eps(self.eps_c, self.eps_b, where)
         require(0.0 <= self.bound_weight <= 1.0, f"{where}.bound_weight", f"must be in [0, 1], got {self.bound_weight}")
         for d in self.eval_deltas:
             require(d > 0, f"{where}.eval_deltas", f"every delta must be > 0, got {d}")
 
 
 def load_prune_config(path: str, **overrides) -> PruneConfig:
-    from .config import load_yaml
+    from usnprune.config import load_yaml
 
     raw = load_yaml(path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -180,7 +187,7 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
     """Run the schedule; returns the pruned network (gates folded) and one row per step."""
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    box = cfg.perturbation
     sch = cfg.schedule
     widths0 = model.widths()
     n0 = sum(widths0.values())
@@ -293,7 +300,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
         torch.as_tensor(label_mask(train_ds)), cfg, log)
     seconds = time.perf_counter() - t0
     dense, _ = load_checkpoint(cfg.checkpoint)  # progressive_prune trained the object in place
-    box = perturbation.Box(cfg.eps_c, cfg.eps_b)
+    box = cfg.perturbation
     res = evaluate(pruned, test_ds, deltas=cfg.eval_deltas, box=box, grid=cfg.eval_grid)
     fidelity = float(np.linalg.norm(predict(pruned, test_ds.images) - predict(dense, test_ds.images), axis=-1).mean())
     units0, units1 = sum(dense.widths().values()), sum(pruned.widths().values())
@@ -320,7 +327,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
     }
     new_meta = dict(meta, method=cfg.method, sparsity=cfg.sparsity, seed=cfg.seed, dense_hash=report["dense_hash"],
                     prune_config=to_dict(cfg))
-    save_checkpoint(out / "model.pt", pruned, new_meta)
+    save_checkpoint(out / CHECKPOINT_NAME, pruned, new_meta)
     pd.DataFrame(layer_table(dense, pruned)).to_csv(out / "layers.csv", index=False)
     from .evaluate import metrics_table
 
@@ -331,7 +338,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def analyze(checkpoint: str, data: str, out: str, eps_c: float = 0.1, eps_b: float = 0.1, images: int = 64,
+def analyze(checkpoint: str, data: str, out: str, box: perturbation.Box = perturbation.Box(), images: int = 64,
             perturbations: int = 16, seed: int = 0) -> list[dict]:
     """The layer analysis (``usnprune prune --analyze-only``): CSV + plot."""
     import pandas as pd
@@ -341,7 +348,7 @@ def analyze(checkpoint: str, data: str, out: str, eps_c: float = 0.1, eps_b: flo
 
     model, _ = load_checkpoint(checkpoint)
     ds = load_split(data, "train", model.arch.input_size)
-    calib = make_calibration(ds.images, perturbation.Box(eps_c, eps_b), images, perturbations, seed)
+    calib = make_calibration(ds.images, box, images, perturbations, seed)
     rows = layer_analysis(model, calib)
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from usnprune.errors import ConfigError
+
 from .models import KeypointNet
 
 

@@ -19,21 +19,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from usnprune.config import from_dict, require, to_dict
+
 from . import perturbation
-from .config import from_dict, require, to_dict
-from .models import KeypointNet, arch_from, count_parameters, save_checkpoint
+from .models import CHECKPOINT_NAME, KeypointNet, arch_from, count_parameters, save_checkpoint
 
 
 @dataclasses.dataclass
 class AugmentConfig:
     """Brightness/contrast augmentation: one uniform (c, b) per image from this box."""
 
-    eps_c: float = 0.2
-    eps_b: float = 0.2
+    perturbation: perturbation.Box = dataclasses.field(default_factory=lambda: perturbation.Box(0.2, 0.2))
     prob: float = 1.0  # share of images in a batch that get perturbed
 
     def check(self, where: str) -> None:
-        perturbation.check_eps(self.eps_c, self.eps_b, where)
         require(0.0 <= self.prob <= 1.0, f"{where}.prob", f"must be in [0, 1], got {self.prob}")
 
 
@@ -149,7 +148,7 @@ def fit(
     steps_per_epoch = max(1, math.ceil(n / optim.batch_size))
     total = optim.epochs * steps_per_epoch
     warmup = int(optim.warmup_epochs * steps_per_epoch)
-    box = perturbation.Box(augment.eps_c, augment.eps_b) if augment else None
+    box = augment.perturbation if augment else None
     history: list[dict] = []
     step = 0
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
@@ -224,7 +223,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "method": "dense",
         "sparsity": 0.0,
     }
-    save_checkpoint(out / "model.pt", model, meta)
+    save_checkpoint(out / CHECKPOINT_NAME, model, meta)
     metrics = {
         "arch": arch.name,
         "parameters": count_parameters(model),
@@ -240,6 +239,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def load_train_config(path: str) -> TrainConfig:
-    from .config import load_yaml
+    from usnprune.config import load_yaml
 
     return from_dict(TrainConfig, load_yaml(path), where=str(path))

@@ -21,7 +21,7 @@ def rng():
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """A small synthetic aircraft dataset (32x32)."""
-    from pruner.data.synthetic import generate
+    from usnprune.pruner.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, n_train=400, n_test=40, seed=0, size=32, progress=False)
@@ -29,8 +29,8 @@ def synth_data(tmp_path_factory):
 
 
 def _train(data, arch, epochs, seed, out):
-    from pruner.config import from_dict
-    from pruner.train import TrainConfig, train
+    from usnprune.config import from_dict
+    from usnprune.pruner.train import TrainConfig, train
 
     cfg = from_dict(TrainConfig, {"data": str(data), "out": str(out), "arch": arch, "seed": seed,
                                   "optim": {"epochs": epochs, "batch_size": 32, "lr": 3e-3}})

@@ -15,14 +15,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-import os
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 
-from pruner.errors import ConfigError
+from usnprune.errors import ConfigError, UsnpruneError
 
 STATUSES = ("certified", "falsified", "timeout", "unknown", "error")
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -73,13 +73,6 @@ def instance_key(onnx: str, vnnlib: str) -> str:
     return f"{onnx},{vnnlib}"
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, else the machine's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
 @dataclasses.dataclass
 class Verdict:
     status: str
@@ -116,6 +109,13 @@ class Backend(abc.ABC):
         self.profile = dict(profile or {})
         self.profile.update({k: v for k, v in options.items() if v is not None})
 
+    module: str = "?"  # the verifier_specs module named by the profile's ``backend:`` key
+
+    def resolved(self) -> dict:
+        """The profile as this backend uses it (options applied): recorded in run.json and
+        handed to every worker, so a run reads its profile once."""
+        return {"backend": self.module, **self.profile}
+
     def version(self) -> str:
         return "unknown"
 
@@ -137,8 +137,9 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
-def load_backend(name_or_path: str, **options: Any) -> Backend:
-    """A backend from a profile name (``builtin``, ``abcrown``, ...) or a profile YAML path."""
+def resolve_profile(name_or_path: str) -> dict:
+    """The profile mapping (with its ``backend:`` module name and ``profile_name``) of a
+    profile name (``builtin``, ``abcrown``, ...) or a profile YAML path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
@@ -151,15 +152,50 @@ def load_backend(name_or_path: str, **options: Any) -> Backend:
         profile = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the verifier profile: {e}") from None
     if not isinstance(profile, dict) or "backend" not in profile:
         raise ConfigError(f"{p}: a verifier profile must be a mapping with a 'backend:' key")
-    module_name = str(profile.pop("backend"))
-    try:
-        module = importlib.import_module(f"verifier_specs.{module_name}")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("verifier_specs"):
-            raise ConfigError(f"{p}: no verifier module verifier_specs.{module_name}") from None
-        raise
-    cls = getattr(module, "BACKEND")
     profile.setdefault("profile_name", p.stem)
-    return cls(profile, **options)
+    return profile
+
+
+def backend_from_profile(profile: dict, **options: Any) -> Backend:
+    """The backend a resolved profile describes (``Backend.resolved()`` gives one back)."""
+    rest = dict(profile)
+    module_name = str(rest.pop("backend"))
+    try:
+        module = importlib.import_module(f"usnprune.verifier_specs.{module_name}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("usnprune.verifier_specs"):
+            raise ConfigError(f"profile {rest.get('profile_name', '?')}: no verifier module "
+                              f"usnprune.verifier_specs.{module_name}") from None
+        raise
+    cls = getattr(module, "BACKEND", None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"profile {rest.get('profile_name', '?')}: usnprune.verifier_specs.{module_name} is not a "
+                          f"verifier backend (it has no BACKEND class)")
+    backend = cls(rest, **options)
+    backend.module = module_name
+    return backend
+
+
+def load_backend(name_or_path: str, **options: Any) -> Backend:
+    """A backend from a profile name or a profile YAML path, with option overrides."""
+    return backend_from_profile(resolve_profile(name_or_path), **options)
+
+
+def package_version(dist: str) -> str:
+    """``'<dist> <version>'`` of an installed distribution, for Backend.version()."""
+    try:
+        from importlib.metadata import version
+
+        return f"{dist} {version(dist)}"
+    except Exception:  # not installed in this interpreter
+        return f"{dist} (unknown version)"
+
+
+def require_module(module: str, hint: str) -> None:
+    """Raise a one-line UsnpruneError when ``module`` cannot be imported here."""
+    if importlib.util.find_spec(module) is None:
+        raise UsnpruneError(f"{module} is not installed ({hint})")

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pruner.config import from_dict, require
-from verifier_specs.base import Backend, Instance, Verdict, timed
-from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
+from usnprune.config import from_dict, require
+from usnprune.process import run_limited, tail
+from usnprune.verifier_specs.base import Backend, Instance, Verdict, package_version, require_module, timed
 
 
 @dataclasses.dataclass
@@ -67,15 +67,11 @@ class MarabouBackend(Backend):
             return done("error", missing)
         with tempfile.TemporaryDirectory(prefix="usnprune-marabou-") as tmp:
             out = Path(tmp) / "result.json"
-            root = Path(__file__).resolve().parent.parent  # so the worker imports this checkout
-            cmd = [self.options.python or sys.executable, "-m", "verifier_specs.marabou",
+            cmd = [self.options.python or sys.executable, "-m", "usnprune.verifier_specs.marabou",
                    str(instance.onnx_path.resolve()), str(instance.vnnlib_path.resolve()),
                    repr(float(instance.timeout)), str(out), str(self.options.verbosity)]
-            import os
-
-            env = dict(os.environ)
-            env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            proc = run_limited(cmd, float(instance.timeout) + self.options.slack, cwd=tmp, env=env)
+            # ``python`` (default: this one) must have usnprune installed (docs/verifiers.md)
+            proc = run_limited(cmd, float(instance.timeout) + self.options.slack, cwd=tmp)
             if proc.killed:
                 return done("timeout", f"killed after the hard limit of {instance.timeout + self.options.slack:g} s")
             if not out.is_file():
@@ -127,7 +123,7 @@ def _solve(onnx_path: str, vnnlib_path: str, timeout: float, verbosity: int) -> 
     import onnx
     from maraboupy import Marabou
 
-    from export.vnnlib import VnnlibError, parse_file
+    from usnprune.export.vnnlib import VnnlibError, parse_file
 
     t0 = time.monotonic()
     try:

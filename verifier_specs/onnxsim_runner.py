@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pruner.config import from_dict, require
-from verifier_specs.base import Backend, Instance, Verdict, timed
-from verifier_specs.subprocess_util import package_version, require_module, run_limited, tail
+from usnprune.config import from_dict, require
+from usnprune.process import run_limited, tail
+from usnprune.verifier_specs.base import Backend, Instance, Verdict, package_version, require_module, timed
 
 ENGINES = ("ibp", "zonotope", "crown", "alpha", "prima", "bab", "bab-beta")
 WORDS = {"unsat": "certified", "sat": "falsified", "unknown": "unknown", "timeout": "timeout", "error": "error"}

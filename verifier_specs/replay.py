@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.vnnlib import Property
+from usnprune.export.vnnlib import Property
 
 
 @dataclasses.dataclass
@@ -38,7 +38,7 @@ class ReplayResult:
 
 @functools.lru_cache(maxsize=8)
 def _session_for_file(path: str, mtime_ns: int, size: int):  # keyed on mtime: a rewritten file is re-read
-    from export.onnx_model import session
+    from usnprune.export.onnx_model import session
 
     return session(Path(path).read_bytes())
 
@@ -50,7 +50,7 @@ def get_session(model: Any):
     if isinstance(model, (str, os.PathLike)):
         st = os.stat(model)
         return _session_for_file(str(Path(model).resolve()), st.st_mtime_ns, st.st_size)
-    from export.onnx_model import session
+    from usnprune.export.onnx_model import session
 
     if isinstance(model, onnx.ModelProto):
         return session(model)

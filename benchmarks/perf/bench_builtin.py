@@ -28,18 +28,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "verifier_specs"))
 
+import keypoint_nets  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-import keypoint_nets  # noqa: E402
-from export.onnx_model import run, session  # noqa: E402
-from export.vnnlib import parse_file  # noqa: E402
-from pruner.models import count_parameters, load_checkpoint  # noqa: E402
-from pruner.perturbation import Box  # noqa: E402
-from verifier_specs.base import Instance, load_backend  # noqa: E402
-from verifier_specs.replay import replay  # noqa: E402
-
+from usnprune.export.onnx_model import run, session  # noqa: E402
+from usnprune.export.vnnlib import parse_file  # noqa: E402
+from usnprune.pruner.models import count_parameters, load_checkpoint  # noqa: E402
+from usnprune.pruner.perturbation import Box  # noqa: E402
+from usnprune.verifier_specs.base import Instance, load_backend  # noqa: E402
+from usnprune.verifier_specs.replay import replay  # noqa: E402
 
 MICRO = {"conv": [2, 4], "fc": [8], "input_size": 8, "name": "micro8"}  # small enough for onnxsim to decide
 

@@ -36,10 +36,10 @@ def _peak_mb() -> float:
 def stage_usn(dense: str, data: str) -> dict:
     import torch
 
-    from pruner.data.coco import load_split
-    from pruner.importance import USNImportance, make_calibration
-    from pruner.models import load_checkpoint
-    from pruner.perturbation import Box
+    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.importance import USNImportance, make_calibration
+    from usnprune.pruner.models import load_checkpoint
+    from usnprune.pruner.perturbation import Box
 
     torch.set_num_threads(2)
     model, _ = load_checkpoint(dense)
@@ -60,8 +60,8 @@ def stage_usn(dense: str, data: str) -> dict:
 def stage_prune(dense: str, data: str, out: str) -> dict:
     import torch
 
-    from pruner.config import from_dict
-    from pruner.prune import PruneConfig, prune
+    from usnprune.config import from_dict
+    from usnprune.pruner.prune import PruneConfig, prune
 
     torch.set_num_threads(2)
     cfg = from_dict(PruneConfig, {"checkpoint": dense, "data": data, "out": out, "method": "usn_w", "sparsity": 0.5,
@@ -74,7 +74,7 @@ def stage_prune(dense: str, data: str, out: str) -> dict:
 
 
 def stage_export(dense: str, pruned: str, data: str, out: str, images: int) -> dict:
-    from export.benchmark import ExportConfig, export_benchmark
+    from usnprune.export.benchmark import ExportConfig, export_benchmark
 
     t = time.perf_counter()
     st = export_benchmark(ExportConfig(checkpoints=[dense, pruned], categories=["dense", "pruned"], data=data, out=out,
@@ -87,8 +87,9 @@ def stage_export(dense: str, pruned: str, data: str, out: str, images: int) -> d
 
 
 def stage_verify(bench: str, run: str, backend: str, limit_per_category: int | None, timeout: float) -> dict:
-    from driver.verify import Checker, load_instances
-    from verifier_specs.base import load_backend
+    from usnprune.driver.runfolder import load_instances
+    from usnprune.verifier_specs.base import load_backend
+    from usnprune.verifier_specs.trust import Checker
 
     insts = load_instances(bench, timeout)
     if limit_per_category:
@@ -124,9 +125,9 @@ def _prepare(tmp: Path) -> tuple[str, str, str]:
     if dense.is_file() and pruned:
         return str(dense), str(pruned[0]), str(demo / "data")
     print("runs/demo not found: generating data and training a 'large' network briefly (slower, less realistic)")
-    from pruner.config import from_dict
-    from pruner.data.synthetic import generate
-    from pruner.train import TrainConfig, train
+    from usnprune.config import from_dict
+    from usnprune.pruner.data.synthetic import generate
+    from usnprune.pruner.train import TrainConfig, train
 
     generate(tmp / "data", 2000, 100, seed=0, progress=False)
     train(from_dict(TrainConfig, {"data": str(tmp / "data"), "out": str(tmp / "dense"), "arch": "large",

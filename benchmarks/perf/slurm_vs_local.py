@@ -25,10 +25,10 @@ os.environ.setdefault("USNPRUNE_NO_PROGRESS", "1")
 
 
 def build(out: Path, images: int) -> Path:
-    from export.benchmark import ExportConfig, export_benchmark
-    from pruner.config import from_dict
-    from pruner.data.synthetic import generate
-    from pruner.train import TrainConfig, train
+    from usnprune.config import from_dict
+    from usnprune.export.benchmark import ExportConfig, export_benchmark
+    from usnprune.pruner.data.synthetic import generate
+    from usnprune.pruner.train import TrainConfig, train
 
     bench = out / "bench"
     if (bench / "instances.csv").is_file():
@@ -50,8 +50,8 @@ def build(out: Path, images: int) -> Path:
 
 
 def timed(bench: Path, run: Path, **kw) -> dict:
-    from driver.store import ResultStore
-    from driver.verify import verify
+    from usnprune.driver.store import ResultStore
+    from usnprune.driver.verify import verify
 
     said: list[tuple[float, str]] = []
     t0 = time.time()

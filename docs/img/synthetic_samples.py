@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pruner.data.coco import load_split  # noqa: E402
-from pruner.data.synthetic import generate  # noqa: E402
+from usnprune.pruner.data.coco import load_split  # noqa: E402
+from usnprune.pruner.data.synthetic import generate  # noqa: E402
 
 SCALE, GAP = 4, 2
 COLOURS = [(230, 25, 75), (245, 130, 48), (60, 180, 75), (0, 130, 200), (145, 30, 180),

@@ -7,7 +7,7 @@ user sees ``props/kp3.vnnlib:12:9: undeclared variable Y_20`` and nothing else.
 
 from __future__ import annotations
 
-from pruner.errors import UsnpruneError
+from usnprune.errors import UsnpruneError
 
 
 class VnnlibError(UsnpruneError):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConfigError, DataError
+from usnprune.errors import ConfigError, DataError
 
 CROPS = ("auto", "none", "bbox")
 PADS = ("edge", "zero")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from usnprune.errors import ConfigError
+
 from .activation import ActivationImportance
 from .base import Calibration, Importance, make_calibration
 from .magnitude import MagnitudeImportance

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from usnprune.errors import ConfigError
+
 from ..perturbation import Box
 
 

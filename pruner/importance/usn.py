@@ -24,8 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from usnprune.bounds import forward, read_graph
+
 from .. import perturbation
-from ..bounds import preactivation_bounds
+from ..onnx_graph import build_model
 from .base import Calibration, Importance
 
 EPS_REL = 1e-3  # eps = EPS_REL * (median scale of the layer) + 1e-12: keeps dead units finite
@@ -65,18 +67,27 @@ def usn_from_preactivations(z: torch.Tensor) -> dict[str, np.ndarray]:
 @torch.no_grad()
 def stability(model, calib: Calibration) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per unit: share of (image[, position]) pre-activation intervals over the whole box that
-    do not contain zero, and the mean relaxation gap ``-l*u/(u-l)`` of the unstable ones."""
-    plain = model.to_plain().double()
-    stab, loose = {}, {}
+    do not contain zero, and the mean relaxation gap ``-l*u/(u-l)`` of the unstable ones.
+
+    The intervals come from usnprune's one bound engine (:mod:`usnprune.bounds`, the builtin
+    verifier's), run on the ONNX graph of each calibration image with its lighting front."""
+    plain = model.to_plain()
     names = model.arch.layer_names()
-    for i in range(0, len(calib.images), 64):
-        bounds = preactivation_bounds(plain, calib.images[i : i + 64], calib.box)
-        for name, (lb, ub) in zip(names, bounds):
+    lo = torch.as_tensor(np.asarray(calib.box.lower, dtype=np.float64)[None])
+    hi = torch.as_tensor(np.asarray(calib.box.upper, dtype=np.float64)[None])
+    stab: dict[str, torch.Tensor] = {}
+    loose: dict[str, torch.Tensor] = {}
+    for image in calib.images:
+        graph = read_graph(build_model(image.numpy(), plain))
+        fwd = forward(graph, lo, hi, keep_intervals=True)
+        relus = [n for n in graph.nodes if n.op_type == "Relu" and not n.name.startswith("clip")]
+        for name, node in zip(names, relus):  # the unit layers' ReLUs, in order (onnx_graph names them)
+            lb, ub = (v[0] for v in fwd.intervals[node.inputs[0]])
             unstable = (lb < 0) & (ub > 0)
             gap = torch.where(unstable, -lb * ub / (ub - lb).clamp_min(1e-12), torch.zeros_like(lb))
-            dims = (0, 2, 3) if lb.ndim == 4 else (0,)
-            stab[name] = stab.get(name, 0) + (~unstable).double().sum(dims)
-            loose[name] = loose.get(name, 0) + gap.sum(dims)
+            dims = (1, 2) if lb.ndim == 3 else ()
+            stab[name] = stab.get(name, 0) + ((~unstable).double().sum(dims) if dims else (~unstable).double())
+            loose[name] = loose.get(name, 0) + (gap.sum(dims) if dims else gap)
     sizes = _positions(model)
     n = len(calib.images)
     return ({k: (stab[k] / (n * sizes[k])).numpy() for k in names},

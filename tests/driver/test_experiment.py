@@ -6,17 +6,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from driver.cli import main
-from driver.experiment import run_experiment
-from pruner.errors import ConfigError
+from usnprune.driver.cli import main
+from usnprune.driver.experiment import run_experiment
+from usnprune.errors import ConfigError
 
 TINY = {
     "data": {"synth": {"n_train": 300, "n_test": 30, "size": 32, "seed": 0}},
     "train": {"arch": "tiny", "optim": {"epochs": 2, "batch_size": 32, "lr": 0.003}},
-    "eval": {"eps_c": 0.1, "eps_b": 0.1, "deltas": [1.0], "grid": 5},
+    "eval": {"perturbation": {"eps_c": 0.1, "eps_b": 0.1}, "deltas": [1.0], "grid": 5},
     "prune": {"methods": ["random", "usn_w"], "sparsities": [0.5],
-              "options": {"calibration": {"images": 16, "perturbations": 8}, "eval_grid": 5,
-                          "schedule": {"steps": 2, "reg_epochs": 1, "finetune_epochs": 0, "final_epochs": 1}}},
+              "calibration": {"images": 16, "perturbations": 8}, "eval_grid": 5,
+              "schedule": {"steps": 2, "reg_epochs": 1, "finetune_epochs": 0, "final_epochs": 1}},
     "export": {"deltas": [1.0], "images": 2, "pool": 2, "timeout": 10},
     "verify": {"backends": ["builtin"]},
     "report": {"sheets": True},
@@ -54,7 +54,9 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
 @pytest.mark.parametrize("patch, match", [
     ({"bogus": 1}, "unknown key bogus"),
     ({"train": {"arch": "tiny", "optim": {"epochs": 1, "lr": -1}}}, "optim.lr: must be > 0"),
-    ({"eval": {"eps_c": 1.2}}, "eps_c: must be < 1"),
+    ({"eval": {"perturbation": {"eps_c": 1.2}}}, "eval.perturbation.eps_c: must be < 1"),
+    ({"export": {"data": "elsewhere"}}, "export: data is set by the experiment"),
+    ({"prune": {"options": {"eval_grid": 5}}}, "prune: unknown key options"),
     ({"eval": {"deltas": [0]}}, "every delta must be > 0"),
     ({"prune": {"sparsities": [1.0]}}, "sparsity must be in \\[0, 1\\)"),
     ({"prune": {"methods": ["magic"]}}, "'magic' is not one of"),

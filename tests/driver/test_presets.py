@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.experiment import load_experiment
+from usnprune.driver.experiment import load_experiment
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.yaml"))
 

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from driver.slurm import SlurmOptions, parse_options, sbatch_options, warn_if_local
-from driver.stages import VerifySection
-from driver.store import ResultStore
-from driver.verify import COLUMNS, RunSpec, prepare_run, verify
-from export.benchmark import ExportConfig, export_benchmark
-from pruner.errors import ConfigError
+from usnprune.driver.runfolder import COLUMNS, RunSpec, load_instances, prepare_run
+from usnprune.driver.slurm import SlurmOptions, parse_options, sbatch_options, warn_if_local
+from usnprune.driver.store import ResultStore
+from usnprune.driver.verify import VerifyConfig, verify
+from usnprune.errors import ConfigError
+from usnprune.export.benchmark import ExportConfig, export_benchmark
+from usnprune.verifier_specs.base import load_backend
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("usnprune_test_cluster", Path(__file__).parent / "slurm" / "cluster.py")
@@ -97,7 +98,7 @@ def _whole_rows(run: Path) -> list[dict]:
 
 
 def _cli(*args, env=None, timeout=240):
-    return subprocess.run([sys.executable, "-m", "driver.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "usnprune.driver.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ if env is None else env, USNPRUNE_NO_PROGRESS="1"))
 
 
@@ -142,7 +143,7 @@ def test_array_gives_the_local_verdicts_one_whole_row_per_instance(slurm, bench,
 @pytest.mark.timeout(400)
 def test_cancelled_tasks_leave_no_rows_and_resume_finishes_them(slurm, bench, local_rows, tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "driver.cli", "verify", str(bench), "--out", str(run), "--executor",
+    p = subprocess.Popen([sys.executable, "-m", "usnprune.driver.cli", "verify", str(bench), "--out", str(run), "--executor",
                           "slurm", "--chunk-size", "4", "--cpus-per-task", "1", "--time-min", "5"], cwd=REPO,
                          env=dict(os.environ, USNPRUNE_NO_PROGRESS="1"), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
@@ -263,22 +264,21 @@ def test_options_from_the_command_line_and_the_experiment_file():
         with pytest.raises(ConfigError, match=match):
             parse_options(bad)
     # the experiment file is checked before any stage runs
-    VerifySection(executor="slurm", executor_options={"partition": "gpu", "time_min": 60}).check("verify")
+    VerifyConfig(executor="slurm", executor_options={"partition": "gpu", "time_min": 60}).check("verify")
     with pytest.raises(ConfigError, match=r"verify.executor_options.time_min: must be an integer >= 1"):
-        VerifySection(executor="slurm", executor_options={"time_min": -5}).check("verify")
-    with pytest.raises(ConfigError, match="only the slurm executor takes options"):
-        VerifySection(executor="local", executor_options={"partition": "gpu"}).check("verify")
+        VerifyConfig(executor="slurm", executor_options={"time_min": -5}).check("verify")
+    with pytest.raises(ConfigError, match="partition: options of the slurm executor, not of local"):
+        VerifyConfig(executor="local", executor_options={"partition": "gpu"}).check("verify")
 
 
 def test_the_time_limit_warning_does_not_turn_unfinished_instances_into_error_rows(bench, tmp_path):
     """submitit's own handler of the warning signal raises inside the verifier, which
     would leave an error row for every instance not yet verified. The task logs instead."""
     run = tmp_path / "run"
-    spec = prepare_run(bench, run, "builtin", {}, None, resume=False)
-    from driver.verify import load_instances
+    spec = prepare_run(bench, run, "builtin", {}, None, resume=False, profile=load_backend("builtin").resolved())
 
     chunk = [i.to_dict() for i in load_instances(bench)]
-    code = ("import json, sys; from driver.slurm import run_task; "
+    code = ("import json, sys; from usnprune.driver.slurm import run_task; "
             "print(run_task(json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])))")
     env = dict(os.environ, SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="3")
     p = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec.__dict__), str(run), json.dumps(chunk)], cwd=REPO,
@@ -296,9 +296,10 @@ def test_the_time_limit_warning_does_not_turn_unfinished_instances_into_error_ro
 
 
 def test_slurm_options_without_the_slurm_executor_are_refused(bench, tmp_path, capsys):
-    from driver.cli import main
+    from usnprune.driver.cli import main
 
     assert main(["verify", str(bench), "--out", str(tmp_path / "run"), "--partition", "gpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "usnprune: error: partition: options of the slurm executor, not of local (add --executor slurm)"
+    assert err == ("usnprune: error: verify.executor_options: partition: options of the slurm executor, not of local "
+                   "(add --executor slurm)")
     assert not (tmp_path / "run").exists()

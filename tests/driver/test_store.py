@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from driver.store import ResultStore
+from usnprune.driver.store import ResultStore
 
 
 def _row(i):

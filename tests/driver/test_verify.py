@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from driver.cli import main
-from driver.store import ResultStore
-from driver.verify import COLUMNS, Checker, verify
-from export.benchmark import ExportConfig, export_benchmark
-from verifier_specs.base import Instance, Verdict
+from usnprune.driver.cli import main
+from usnprune.driver.runfolder import COLUMNS, BenchmarkError
+from usnprune.driver.store import ResultStore
+from usnprune.driver.verify import verify
+from usnprune.export.benchmark import ExportConfig, export_benchmark
+from usnprune.verifier_specs.base import Instance, Verdict
+from usnprune.verifier_specs.trust import Checker
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_serial_and_parallel_runs_agree_and_every_row_is_sound(bench, tmp_path):
 def test_kill_9_then_resume_finishes_without_duplicates(bench, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, USNPRUNE_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "driver.cli", "verify", str(bench), "--out", str(run), "--executor", "serial"]
+    cmd = [sys.executable, "-m", "usnprune.driver.cli", "verify", str(bench), "--out", str(run), "--executor", "serial"]
     p = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and len(ResultStore(run).rows()) < 3:
@@ -110,8 +112,7 @@ def test_bad_input_is_one_line(argv, match, bench, tmp_path, capsys):
 def test_duplicate_instances_and_a_resume_with_other_settings_are_refused(bench, tmp_path):
     import shutil
 
-    from driver.verify import BenchmarkError
-    from pruner.errors import ConfigError
+    from usnprune.errors import ConfigError
 
     dup = tmp_path / "dup"
     shutil.copytree(bench, dup)
@@ -122,7 +123,7 @@ def test_duplicate_instances_and_a_resume_with_other_settings_are_refused(bench,
     verify(bench, tmp_path / "r2", executor="serial", timeout=5, log=_quiet)
     with pytest.raises(ConfigError, match="resume it with the same"):
         verify(bench, tmp_path / "r2", executor="serial", timeout=7, resume=True, log=_quiet)
-    with pytest.raises(ConfigError, match="chunk size"):
+    with pytest.raises(ConfigError, match="verify.chunk_size: must be >= 1"):
         verify(bench, tmp_path / "r3", chunk_size=0, log=_quiet)
 
 
@@ -141,7 +142,7 @@ def test_a_worker_killed_mid_chunk_costs_one_error_row_and_nothing_finished(benc
     chunk is verified by a new worker, and no finished verdict is overwritten."""
     run = tmp_path / "run"
     env = dict(os.environ, USNPRUNE_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "driver.cli", "verify", str(bench), "--out", str(run), "--workers", "2"]
+    cmd = [sys.executable, "-m", "usnprune.driver.cli", "verify", str(bench), "--out", str(run), "--workers", "2"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     workers: list[int] = []

@@ -11,16 +11,17 @@ import pandas as pd
 import pytest
 from vnnlib.compat import read_vnnlib_simple
 
-from driver.cli import main
-from export.benchmark import BenchmarkError, ExportConfig, export_benchmark
-from export.onnx_model import run, session
+from usnprune.driver.cli import main
+from usnprune.export.benchmark import BenchmarkError, ExportConfig, export_benchmark
+from usnprune.export.onnx_model import run, session
+from usnprune.pruner.perturbation import Box
 
 
 @pytest.fixture(scope="module")
 def bench(small_checkpoint, tiny_checkpoint, synth_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bench"
     cfg = ExportConfig(checkpoints=[str(small_checkpoint), str(tiny_checkpoint)], categories=["small", "tiny"],
-                       data=str(synth_data), out=str(out), eps_c=0.1, eps_b=0.05, deltas=[0.5, 2.0], images=3,
+                       data=str(synth_data), out=str(out), perturbation=Box(0.1, 0.05), deltas=[0.5, 2.0], images=3,
                        pool=6, timeout=5, seed=0, reference="gt")
     stats = export_benchmark(cfg, log=lambda s: None)
     return out, stats
@@ -133,8 +134,8 @@ def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_file
 @pytest.mark.parametrize("args, match", [
     (["--delta", "0"], "--delta must be > 0"),
     (["--delta", "-1"], "--delta must be > 0"),
-    (["--eps-contrast", "1.0"], "eps_c: must be < 1"),
-    (["--eps-brightness", "-0.1"], "eps_b: must be >= 0"),
+    (["--eps-contrast", "1.0"], "--eps-contrast/--eps-brightness.eps_c: must be < 1"),
+    (["--eps-brightness", "-0.1"], "--eps-contrast/--eps-brightness.eps_b: must be >= 0"),
 ])
 def test_bad_options_are_one_line_errors(args, match, small_checkpoint, synth_data, tmp_path, capsys):
     code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out",

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from export import onnx_model
-from pruner import perturbation
-from pruner.models import KeypointNet, arch_from, load_checkpoint
-from pruner.perturbation import Box
+from usnprune.export import onnx_model
+from usnprune.pruner import perturbation
+from usnprune.pruner.models import KeypointNet, arch_from, load_checkpoint
+from usnprune.pruner.perturbation import Box
 
 
 def _image(seed=0, size=32):

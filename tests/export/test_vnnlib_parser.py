@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from export.vnnlib import Property, VnnlibError, parse_file, parse_text
+from usnprune.export.vnnlib import Property, VnnlibError, parse_file, parse_text
 
 KEYPOINT = """\
 ; usnprune keypoint property
@@ -241,7 +241,7 @@ def test_ignored_smtlib_commands():
 
 
 def test_error_type_is_a_usnprune_error():
-    from pruner.errors import UsnpruneError
+    from usnprune.errors import UsnpruneError
 
     with pytest.raises(UsnpruneError):
         parse_text("(assert")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from export.vnnlib import VnnlibError, parse_file
+from usnprune.export.vnnlib import VnnlibError, parse_file
 
 HEAD = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
 

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from pruner.config import from_dict, load_yaml
-from pruner.errors import ConfigError
-from pruner.train import TrainConfig
+from usnprune.config import from_dict, load_yaml
+from usnprune.errors import ConfigError
+from usnprune.pruner.train import TrainConfig
 
 
 def test_unknown_keys_are_named():
@@ -17,8 +17,8 @@ def test_types_and_ranges_are_checked():
         from_dict(TrainConfig, {"data": "d", "out": "o", "optim": {"lr": 0}})
     with pytest.raises(ConfigError, match=r"optim.epochs: expected an integer"):
         from_dict(TrainConfig, {"data": "d", "out": "o", "optim": {"epochs": "ten"}})
-    with pytest.raises(ConfigError, match=r"augment.eps_c: must be < 1"):
-        from_dict(TrainConfig, {"data": "d", "out": "o", "augment": {"eps_c": 1.0}})
+    with pytest.raises(ConfigError, match=r"config.augment.perturbation.eps_c: must be < 1"):
+        from_dict(TrainConfig, {"data": "d", "out": "o", "augment": {"perturbation": {"eps_c": 1.0}}})
     with pytest.raises(ConfigError, match=r"missing required key"):
         from_dict(TrainConfig, {"data": "d"})
 
@@ -26,7 +26,7 @@ def test_types_and_ranges_are_checked():
 def test_valid_config_round_trips():
     cfg = from_dict(TrainConfig, {"data": "d", "out": "o", "optim": {"epochs": 2, "lr": 1}})
     assert cfg.optim.epochs == 2 and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
-    assert dataclasses.asdict(cfg)["augment"]["eps_c"] == 0.2
+    assert dataclasses.asdict(cfg)["augment"]["perturbation"]["eps_c"] == 0.2
 
 
 def test_yaml_errors_are_one_line(tmp_path):

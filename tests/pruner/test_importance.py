@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from pruner.errors import ConfigError
-from pruner.importance import get_importance, make_calibration
-from pruner.importance.usn import usn_from_preactivations
-from pruner.models import KeypointNet, arch_from
-from pruner.perturbation import Box
-from pruner.prune import select_removal, step_targets
+from usnprune.errors import ConfigError
+from usnprune.pruner.importance import get_importance, make_calibration
+from usnprune.pruner.importance.usn import usn_from_preactivations
+from usnprune.pruner.models import KeypointNet, arch_from
+from usnprune.pruner.perturbation import Box
+from usnprune.pruner.prune import select_removal, step_targets
 
 
 def _calib(n=12, m=9, seed=0):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pruner.errors import CheckpointError, ConfigError
-from pruner.models import REGISTRY, KeypointNet, arch_from, count_parameters, load_checkpoint, save_checkpoint
+from usnprune.errors import CheckpointError, ConfigError
+from usnprune.pruner.models import REGISTRY, KeypointNet, arch_from, count_parameters, load_checkpoint, save_checkpoint
 
 
 def _randomize_bn(model):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pruner import perturbation
-from pruner.errors import ConfigError
-from pruner.perturbation import Box
+from usnprune.errors import ConfigError
+from usnprune.pruner import perturbation
+from usnprune.pruner.perturbation import Box
 
 
 def test_apply_matches_formula_numpy_and_torch(rng):
@@ -52,4 +52,4 @@ def test_augment_uses_the_box():
                                                  (0.1, -0.2, "eps_b"), (float("nan"), 0.1, "eps_c")])
 def test_bad_boxes_are_rejected(eps_c, eps_b, match):
     with pytest.raises(ConfigError, match=match):
-        Box(eps_c, eps_b)
+        Box.make(eps_c, eps_b)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pruner.errors import ConfigError
-from pruner.models import KeypointNet, arch_from, load_checkpoint, save_checkpoint
-from pruner.surgery import keep_from_remove, prune_units, zero_units
+from usnprune.errors import ConfigError
+from usnprune.pruner.models import KeypointNet, arch_from, load_checkpoint, save_checkpoint
+from usnprune.pruner.surgery import keep_from_remove, prune_units, zero_units
 
 ARCHS = [
     "small",

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from pruner.wasserstein import target_sample, usn_gate_penalty, w1_sorted, w1_to_target
+from usnprune.pruner.wasserstein import target_sample, usn_gate_penalty, w1_sorted, w1_to_target
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -44,7 +44,7 @@ def nets():
 @pytest.fixture(scope="session")
 def attack_points():
     """The dense attack on a (c, b) box: a 101 x 101 grid plus 2000 uniform points."""
-    from pruner.perturbation import Box
+    from usnprune.pruner.perturbation import Box
 
     box = Box(0.1, 0.1)
     return np.concatenate([box.grid(101), box.uniform(2000, np.random.default_rng(7))])

@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import torch
 
-from export.onnx_model import build_model, simplify
-from pruner import perturbation
-from pruner.models import KeypointNet, arch_from
+from usnprune.export.onnx_model import build_model, simplify
+from usnprune.pruner import perturbation
+from usnprune.pruner.models import KeypointNet, arch_from
 
 NUM_KEYPOINTS = 8
 

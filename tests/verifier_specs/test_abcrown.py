@@ -18,11 +18,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pruner.errors import ConfigError, UsnpruneError
-from verifier_specs import abcrown
-from verifier_specs.abcrown import (AbcrownError, TranscriptParser, build_config, classify, load_results_pickle,
-                                    parse_counterexample, parse_results_file, parse_transcript)
-from verifier_specs.base import Instance, load_backend
+from usnprune.errors import ConfigError, UsnpruneError
+from usnprune.verifier_specs import abcrown
+from usnprune.verifier_specs.abcrown import (
+    AbcrownError,
+    TranscriptParser,
+    build_config,
+    classify,
+    load_results_pickle,
+    parse_counterexample,
+    parse_results_file,
+    parse_transcript,
+)
+from usnprune.verifier_specs.base import Instance, load_backend
 
 DATA = Path(__file__).parent / "data" / "abcrown"
 REAL = (os.environ.get(abcrown.ENV_HOME), os.environ.get(abcrown.ENV_PYTHON))  # a user's installation, if any
@@ -480,7 +488,7 @@ def test_verifier_dies_with_the_worker_that_started_it(tmp_path):
     worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         from pathlib import Path
-        from verifier_specs.base import Instance, load_backend
+        from usnprune.verifier_specs.base import Instance, load_backend
         b = load_backend("abcrown", home={str(home)!r}, python={str(hang)!r}, env={{"PIDS_FILE": {str(pids)!r}}})
         bench = Path({str(tmp_path)!r}) / "bench"
         b.verify(Instance(bench, "onnx/m.onnx", "vnnlib/a.vnnlib", 600.0))
@@ -505,9 +513,9 @@ def real_bench(tmp_path_factory):
     0.01 px (falsified) and 16 px (certified), reference = the clean prediction."""
     if not all(REAL):
         pytest.skip("alpha-beta-CROWN not configured: set USNPRUNE_ABCROWN_HOME and USNPRUNE_ABCROWN_PYTHON")
-    from export.benchmark import ExportConfig, export_benchmark
-    from pruner.data.synthetic import generate
-    from pruner.train import OptimConfig, TrainConfig, train
+    from usnprune.export.benchmark import ExportConfig, export_benchmark
+    from usnprune.pruner.data.synthetic import generate
+    from usnprune.pruner.train import OptimConfig, TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("abcrown-real")
     generate(tmp / "data", 160, 12, seed=0, size=32)
@@ -524,7 +532,6 @@ def real_bench(tmp_path_factory):
 def real_env(monkeypatch):
     monkeypatch.setenv(abcrown.ENV_HOME, REAL[0])
     monkeypatch.setenv(abcrown.ENV_PYTHON, REAL[1])
-    pytest.importorskip("verifier_specs.replay", reason="needs the driver's counterexample replay (verifier_specs.replay)")
 
 
 @pytest.mark.slow
@@ -535,9 +542,9 @@ def test_real_abcrown_through_the_driver(real_bench, real_env, tmp_path):
     import numpy as np
     import pandas as pd
 
-    from driver.verify import verify
-    from export.vnnlib import parse_file
-    from verifier_specs.replay import evaluate, get_session
+    from usnprune.driver.verify import verify
+    from usnprune.export.vnnlib import parse_file
+    from usnprune.verifier_specs.replay import evaluate, get_session
 
     bench = real_bench
     summary = verify(bench, tmp_path / "run", backend="abcrown", executor="serial", log=lambda *_: None)
@@ -562,9 +569,9 @@ def test_real_abcrown_through_the_driver(real_bench, real_env, tmp_path):
 def test_real_counterexample_recovery_falls_back_to_a_single_run(real_bench, real_env, monkeypatch):
     """When the shared counterexample file cannot be attributed, the instance is verified
     again alone and its own results file supplies the point."""
-    from driver.verify import load_instances
-    from export.vnnlib import parse_file
-    from verifier_specs.replay import replay
+    from usnprune.driver.runfolder import load_instances
+    from usnprune.export.vnnlib import parse_file
+    from usnprune.verifier_specs.replay import replay
 
     monkeypatch.setattr(abcrown.AbcrownBackend, "_take_counterexample", lambda *a: None)
     insts = [i for i in load_instances(real_bench) if "_d0.01" in i.vnnlib][:2]

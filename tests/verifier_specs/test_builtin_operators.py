@@ -20,11 +20,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx_model import session
-from verifier_specs.builtin import bounds
-from verifier_specs.builtin.graph import read_graph
-from verifier_specs.builtin.operators import REGISTRY, AffineRule, UnsupportedModel
-from verifier_specs.builtin.operators.activation import Clip, Relu
+from usnprune.bounds import propagate as bounds
+from usnprune.bounds.graph import read_graph
+from usnprune.bounds.operators import REGISTRY, AffineRule, UnsupportedModel
+from usnprune.bounds.operators.activation import Clip, Relu
+from usnprune.export.onnx_model import session
 
 LO = np.array([0.9, -0.1])
 HI = np.array([1.1, 0.1])
@@ -249,8 +249,8 @@ def test_golden_two_relu_network():
 
 def test_instability_scores_point_at_the_input_that_matters():
     """On a black image z = c * 0 + b: only brightness moves any neuron, so only it scores."""
-    from pruner.models import KeypointNet, arch_from
-    from export.onnx_model import build_model, simplify
+    from usnprune.export.onnx_model import build_model, simplify
+    from usnprune.pruner.models import KeypointNet, arch_from
 
     torch.manual_seed(0)
     net = KeypointNet(arch_from({"conv": [2], "fc": [4], "input_size": 8, "num_keypoints": 1})).eval()
@@ -394,8 +394,8 @@ def test_constant_subgraphs_are_folded():
 
 
 def test_our_exported_models_read(tmp_path):
-    from pruner.models import KeypointNet, arch_from
-    from export.onnx_model import build_model, simplify
+    from usnprune.export.onnx_model import build_model, simplify
+    from usnprune.pruner.models import KeypointNet, arch_from
 
     torch.manual_seed(0)
     net = KeypointNet(arch_from({"conv": [2, 3], "fc": [6], "input_size": 8, "num_keypoints": 2, "pool": 2})).eval()

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import time
 
+import keypoint_nets
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
-import keypoint_nets
-from export.onnx_model import run, session
-from export.vnnlib import parse_file, parse_text
-from pruner.perturbation import Box
-from verifier_specs.base import Instance, load_backend
-from verifier_specs.replay import replay
+from usnprune.export.onnx_model import run, session
+from usnprune.export.vnnlib import parse_file, parse_text
+from usnprune.pruner.perturbation import Box
+from usnprune.verifier_specs.base import Instance, load_backend
+from usnprune.verifier_specs.replay import replay
 
 # times the largest shift seen on a 41 x 41 grid; at 1.0 a grid point sits exactly on the
 # boundary (ref + shift == u there, exactly in float64), so it must never be certified

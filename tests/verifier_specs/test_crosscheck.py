@@ -12,19 +12,19 @@ from __future__ import annotations
 import concurrent.futures
 from pathlib import Path
 
+import keypoint_nets
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
-import keypoint_nets
-from export.onnx_model import run, session
-from export.vnnlib import parse_file
-from pruner.perturbation import Box
-from verifier_specs.base import Instance, load_backend
-from verifier_specs.marabou import marabou_compatible
-from verifier_specs.onnxsim_runner import parse_results
-from verifier_specs.replay import replay
+from usnprune.export.onnx_model import run, session
+from usnprune.export.vnnlib import parse_file
+from usnprune.pruner.perturbation import Box
+from usnprune.verifier_specs.base import Instance, load_backend
+from usnprune.verifier_specs.marabou import marabou_compatible
+from usnprune.verifier_specs.onnxsim_runner import parse_results
+from usnprune.verifier_specs.replay import replay
 
 TIMEOUT = 30.0
 
@@ -160,7 +160,7 @@ def test_gzip_property_through_onnxsim(small_instances, tmp_path):
 
 
 def test_profiles_reject_unknown_keys():
-    from pruner.errors import ConfigError
+    from usnprune.errors import ConfigError
 
     for name in ("builtin", "onnxsim", "marabou"):
         with pytest.raises(ConfigError, match="unknown key"):

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.vnnlib import parse_text
-from verifier_specs.replay import get_session, replay
+from usnprune.export.vnnlib import parse_text
+from usnprune.verifier_specs.replay import get_session, replay
 
 W = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], dtype=np.float32)
 B = np.array([0.5, 0.0, 0.0], dtype=np.float32)

@@ -36,12 +36,12 @@ import time
 import numpy as np
 import torch
 
-from export.vnnlib import Disjunct, Property
-from verifier_specs.replay import evaluate as ort_evaluate
-from verifier_specs.replay import replay
+from usnprune.bounds import propagate as bounds
+from usnprune.bounds.graph import Graph
+from usnprune.export.vnnlib import Disjunct, Property
+from usnprune.verifier_specs.replay import evaluate as ort_evaluate
+from usnprune.verifier_specs.replay import replay
 
-from . import bounds
-from .graph import Graph
 from .options import BuiltinOptions
 
 SCREEN_TOL = 1e-6  # float64 slack (relative to 1 + |b|) under which a candidate is replayed

@@ -14,15 +14,16 @@ import time
 
 import torch
 
-from export.vnnlib import VnnlibError, parse_file
-from pruner.config import from_dict
-from pruner.errors import UsnpruneError
-from verifier_specs.base import Backend, Instance, Verdict, timed, usable_cores
-from verifier_specs.replay import get_session
+from usnprune.bounds.graph import file_key, read_graph
+from usnprune.bounds.operators import UnsupportedModel
+from usnprune.config import from_dict
+from usnprune.errors import UsnpruneError
+from usnprune.export.vnnlib import VnnlibError, parse_file
+from usnprune.system import thread_share
+from usnprune.verifier_specs.base import Backend, Instance, Verdict, timed
+from usnprune.verifier_specs.replay import get_session
 
 from . import bab
-from .graph import file_key, read_graph
-from .operators import UnsupportedModel
 from .options import BuiltinOptions
 
 CACHE_SIZE = 4  # ONNX files kept; a chunk of instances is ordered by file, so a few suffice
@@ -56,7 +57,7 @@ class BuiltinBackend(Backend):
     def verify(self, instance: Instance) -> Verdict:
         t0 = time.monotonic()
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.options.threads or _auto_threads())
+        torch.set_num_threads(self.options.threads or thread_share())
         try:
             return self._verify(instance, t0)
         finally:
@@ -85,14 +86,3 @@ class BuiltinBackend(Backend):
 
 BACKEND = BuiltinBackend
 __all__ = ["BACKEND", "BuiltinBackend"]
-
-
-def _auto_threads() -> int:
-    """Threads for ``threads: 0``: the executor's share of the cores (``USNPRUNE_THREADS``,
-    set per worker), else every core of this machine."""
-    import os
-
-    env = os.environ.get("USNPRUNE_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return usable_cores()

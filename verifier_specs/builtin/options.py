@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pruner.config import require
+from usnprune.config import require
 
 BRANCHING = ("widest", "gradient", "unstable")
 RELU_LOWER = ("adaptive", "parallel", "zero")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pruner.data import coco
-from pruner.data.coco import KeypointDataset, load_coco, load_split
-from pruner.data.synthetic import KEYPOINT_NAMES, SKELETON, generate
-from pruner.errors import ConfigError, DataError
+from usnprune.errors import ConfigError, DataError
+from usnprune.pruner.data import coco
+from usnprune.pruner.data.coco import KeypointDataset, load_coco, load_split
+from usnprune.pruner.data.synthetic import KEYPOINT_NAMES, SKELETON, generate
 
 K = len(KEYPOINT_NAMES)
 

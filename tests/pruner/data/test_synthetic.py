@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pruner.data import synthetic
-from pruner.data.synthetic import KEYPOINT_NAMES, SKELETON, generate, image_rng, make_options, render_sample
-from pruner.errors import ConfigError, DataError
+from usnprune.errors import ConfigError, DataError
+from usnprune.pruner.data import synthetic
+from usnprune.pruner.data.synthetic import KEYPOINT_NAMES, SKELETON, generate, image_rng, make_options, render_sample
 
 K = len(KEYPOINT_NAMES)
 

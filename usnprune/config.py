@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from usnprune.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -143,6 +143,32 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def embedded(cls: type[T], data: Any, where: str, set_here: dict[str, Any]) -> T:
+    """A stage's own configuration inside a larger one (an experiment section): ``data``
+    may hold every key of ``cls`` except those the container sets itself (``set_here``, the
+    values used until it knows them), which are refused naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    taken = sorted(set(map(str, data)) & set(set_here))
+    if taken:
+        raise ConfigError(f"{where}: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by the experiment; "
+                          f"remove {'it' if len(taken) == 1 else 'them'}")
+    return from_dict(cls, {**data, **set_here}, where)
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``: command-line defaults come from
+    here, so every setting has one default."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 def require(ok: bool, where: str, message: str) -> None:

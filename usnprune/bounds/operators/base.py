@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pruner.errors import UsnpruneError
+from usnprune.errors import UsnpruneError
 
 DTYPE = torch.float64
 

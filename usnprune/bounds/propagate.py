@@ -1,4 +1,4 @@
-"""Sound bounds of a :class:`~verifier_specs.builtin.graph.Graph` over many input boxes at once.
+"""Sound bounds of a :class:`~usnprune.bounds.graph.Graph` over many input boxes at once.
 
 Notation. A batch holds ``B`` boxes ``[lo, hi]`` of the ``n`` network inputs. Inside a box
 an input is ``x = mid + rad * t`` with ``t`` in ``[-1, 1]^n``. A *linear bound* of a tensor

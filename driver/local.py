@@ -1,4 +1,4 @@
-"""Executors: who runs the chunks of a verification.
+"""The executors on this machine.
 
 * ``serial`` -- in this process, one instance after the other;
 * ``local``  -- ``workers`` processes on this machine. Each worker runs the same
@@ -12,7 +12,6 @@
   sending cannot wedge the others (with one shared multiprocessing queue, a SIGKILL during
   a put left its lock taken and hung the run in 2 of 3 tries). When GPUs are visible,
   worker k sees only GPU ``k mod n`` (one verifier per GPU).
-* ``slurm``  -- a Slurm job array through submitit (driver/slurm.py).
 """
 
 from __future__ import annotations
@@ -24,28 +23,19 @@ import os
 import pickle
 import signal
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Callable
 
-from tqdm import tqdm
+from usnprune.errors import ConfigError
+from usnprune.system import THREADS_ENV, usable_cores
+from usnprune.verifier_specs.base import Instance, Verdict, backend_from_profile
 
-from pruner.errors import ConfigError
-from verifier_specs.base import Instance, Verdict, load_backend, usable_cores
+from .progress import Progress
+from .runfolder import RunSpec, load_manifest, make_row
+from .store import ResultStore, row_key, writer_name
+from .worker import chunks_of, run_chunk
 
 GRACE_S = 30.0  # beyond an instance's timeout before the parent kills a silent worker
 
-
-def chunks_of(instances: list[Instance], size: int | None) -> list[list[Instance]]:
-    """Instances ordered by ONNX file (so consecutive ones share a loaded model): one chunk
-    per ONNX file without ``size``, else chunks of ``size`` (which may span files)."""
-    by_onnx: dict[str, list[Instance]] = {}
-    for inst in instances:
-        by_onnx.setdefault(inst.onnx, []).append(inst)
-    if not size:
-        return list(by_onnx.values())
-    flat = [inst for group in by_onnx.values() for inst in group]
-    return [flat[k:k + size] for k in range(0, len(flat), size)]
 
 
 def visible_gpus() -> list[str]:
@@ -60,52 +50,8 @@ def visible_gpus() -> list[str]:
         return []
 
 
-class Progress:
-    def __init__(self, total: int, desc: str) -> None:
-        self.counts: Counter = Counter()
-        self.bar = tqdm(total=total, desc=desc, unit="inst", dynamic_ncols=True,
-                        disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
-
-    def row(self, row: dict) -> None:
-        self.counts[row["verdict"]] += 1
-        self.bar.update(1)
-        self.bar.set_postfix({k: v for k, v in sorted(self.counts.items())}, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def preflight(kind: str, run_dir: Path, options: dict | None, log: Callable[[str], None] = print) -> None:
-    """Checks an executor can run at all, before the run folder is created (so a typo in a
-    partition name does not leave a half-made run behind)."""
-    if kind == "slurm":
-        from .slurm import preflight as slurm_preflight
-
-        slurm_preflight(run_dir, options, log)
-    elif kind not in ("serial", "local"):
-        raise ConfigError(f"unknown executor {kind!r} (serial, local, slurm)")
-    elif options:
-        raise ConfigError(f"{', '.join(sorted(options))}: options of the slurm executor, not of {kind} "
-                          f"(add --executor slurm)")
-
-
-def execute(kind: str, spec, run_dir: Path, instances: list[Instance], workers: int = 1,
-            chunk_size: int | None = None, options: dict | None = None, log: Callable[[str], None] = print) -> None:
-    if kind == "serial" or (kind == "local" and workers == 1 and not options):
-        return run_serial(spec, run_dir, instances, log)
-    if kind == "local":
-        return run_local(spec, run_dir, instances, workers, chunk_size, log)
-    if kind == "slurm":
-        from .slurm import run_slurm
-
-        return run_slurm(spec, run_dir, instances, chunk_size=chunk_size, options=options or {}, log=log)
-    raise ConfigError(f"unknown executor {kind!r} (serial, local, slurm)")
-
 
 def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
-    from .store import writer_name
-    from .verify import run_chunk
-
     progress = Progress(len(instances), "verify")
     try:
         run_chunk(spec, run_dir, instances, writer_name("serial"), on_row=progress.row)
@@ -125,10 +71,7 @@ def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: s
     os.setpgrp()  # the parent kills the worker together with any verifier it started
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    os.environ["USNPRUNE_THREADS"] = str(threads)  # this worker's share of the cores
-    from .store import writer_name
-    from .verify import RunSpec, run_chunk
-
+    os.environ[THREADS_ENV] = str(threads)  # this worker's share of the cores
     spec = RunSpec(**spec_dict)
     writer = writer_name(f"local-{spec.run_id}-w{wid}")
     results.send(("ready", wid, None))
@@ -159,10 +102,7 @@ class _Worker:
 
 
 def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chunk_size: int | None, log) -> None:
-    from .store import ResultStore, row_key, writer_name
-    from .verify import load_manifest, make_row
-
-    backend = load_backend(spec.backend, **spec.options)
+    backend = backend_from_profile(spec.profile)
     size = chunk_size or getattr(backend, "default_chunk_size", None)
     pending = [[i.to_dict() for i in c] for c in chunks_of(instances, size)]
     by_key = {i.key: i for i in instances}

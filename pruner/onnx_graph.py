@@ -1,0 +1,114 @@
+"""The ONNX graph of one (network, image): the lighting front, then the plain network.
+
+Graph (opset 13, IR version 7 -- loadable by the older onnx inside verifier environments)::
+
+    X [batch, 2] = (c, b)
+      ├─ Gemm(X, F, 0)  -> z      F = [image.flatten(); ones]  so z = c*x + b, exactly
+      └─ Gemm(X, F, -1) -> z1     z - 1, computed as its own branch from X
+    pixels = Relu(z) - Relu(z1)  == clip(c*x + b, 0, 1)
+    Reshape(pixels, [-1, C, H, W])
+    Conv -> Relu -> ... -> [AveragePool] -> Flatten -> Gemm -> Relu -> ... -> Gemm
+    Y [batch, 2K]   (u0, v0, u1, v1, ...) in pixels
+
+Why this shape:
+* ``c*x + b`` as one Gemm from the two inputs is exact for every verifier (no Mul of two
+  variables, no broadcasting tricks that only work at batch 1).
+* The clip is ``Relu(z) - Relu(z - 1)``: a Clip node becomes a HardTanh in
+  alpha-beta-CROWN, whose forward bound modes crash on it; ReLU is handled by all.
+* ``z - 1`` is a second Gemm from ``X`` rather than ``Sub(z, 1)``, so no tensor feeds both a
+  Relu and an Add/Sub: Marabou's ONNX reader answers wrongly on that fan-out.
+* The batch dimension is symbolic and the Reshape uses ``-1`` for it: alpha-beta-CROWN runs
+  the model on batches of sub-boxes and attack restarts.
+* BatchNorm, gates and output scaling are folded into the weights (``KeypointNet.to_plain``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from usnprune.errors import UsnpruneError
+
+OPSET = 13
+IR_VERSION = 7
+INPUT_NAME = "X"
+OUTPUT_NAME = "Y"
+
+
+class ExportError(UsnpruneError):
+    """A model could not be exported faithfully."""
+
+
+def initializer(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
+
+
+def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "") -> onnx.ModelProto:
+    """The ONNX graph of ``plain(clip(c * image + b, 0, 1))`` with input X = (c, b).
+
+    ``image``: ``[C, H, W]`` (or ``[H, W]``) in [0, 1]; ``plain``: the output of
+    ``KeypointNet.to_plain()`` (Conv2d, ReLU, AvgPool2d, Flatten, Linear only).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[None]
+    c, h, w = img.shape
+    front = np.stack([img.reshape(-1), np.ones(img.size, dtype=np.float32)])  # [2, P]
+    inits = [
+        initializer("front_W", front),
+        initializer("front_b0", np.zeros(img.size)),
+        initializer("front_b1", -np.ones(img.size)),
+        numpy_helper.from_array(np.array([-1, c, h, w], dtype=np.int64), "image_shape"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b0"], ["z"], name="contrast_brightness"),
+        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b1"], ["z_minus_1"], name="contrast_brightness_minus_1"),
+        helper.make_node("Relu", ["z"], ["relu_z"], name="clip_low"),
+        helper.make_node("Relu", ["z_minus_1"], ["relu_z_minus_1"], name="clip_high"),
+        helper.make_node("Sub", ["relu_z", "relu_z_minus_1"], ["pixels"], name="clip"),
+        helper.make_node("Reshape", ["pixels", "image_shape"], ["t0"], name="to_image"),
+    ]
+    cur, k = "t0", 0
+    layers = list(plain)
+    for i, layer in enumerate(layers):
+        out = OUTPUT_NAME if i == len(layers) - 1 else f"t{k + 1}"
+        name = f"{type(layer).__name__.lower()}{i}"
+        if isinstance(layer, nn.Conv2d):
+            if layer.groups != 1 or tuple(layer.dilation) != (1, 1) or layer.padding_mode != "zeros":
+                raise ExportError(f"layer {i}: only plain Conv2d (groups=1, dilation=1, zero padding) is exported")
+            ph, pw = layer.padding if isinstance(layer.padding, tuple) else (layer.padding,) * 2
+            inits += [initializer(f"{name}_W", layer.weight.detach().double().numpy()),
+                      initializer(f"{name}_B", layer.bias.detach().double().numpy())]
+            nodes.append(helper.make_node(
+                "Conv", [cur, f"{name}_W", f"{name}_B"], [out], name=name,
+                kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=[ph, pw, ph, pw]))
+        elif isinstance(layer, nn.ReLU):
+            nodes.append(helper.make_node("Relu", [cur], [out], name=name))
+        elif isinstance(layer, nn.AvgPool2d):
+            ks = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+            st = layer.stride if isinstance(layer.stride, tuple) else (layer.stride,) * 2
+            nodes.append(helper.make_node("AveragePool", [cur], [out], name=name,
+                                          kernel_shape=list(ks), strides=list(st)))
+        elif isinstance(layer, nn.Flatten):
+            nodes.append(helper.make_node("Flatten", [cur], [out], name=name, axis=1))
+        elif isinstance(layer, nn.Linear):
+            inits += [initializer(f"{name}_W", layer.weight.detach().double().numpy()),
+                      initializer(f"{name}_B", layer.bias.detach().double().numpy())]
+            nodes.append(helper.make_node("Gemm", [cur, f"{name}_W", f"{name}_B"], [out], name=name, transB=1))
+        else:
+            raise ExportError(f"layer {i}: {type(layer).__name__} is not exportable")
+        cur, k = out, k + 1
+    n_out = layers[-1].out_features
+    graph = helper.make_graph(
+        nodes, "usnprune_keypoints",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_out])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="usnprune", doc_string=doc)
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
