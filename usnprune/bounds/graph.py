@@ -4,8 +4,8 @@ The reader accepts exactly the operators in ``operators.REGISTRY``. Everything e
 refused with the node named (``node 'foo' (LSTM) is not supported by the builtin verifier;
 supported: ...``), as are weights that depend on the input, graphs with more than one
 input or output, and inputs without a batch dimension. Nodes whose inputs are all
-constants are folded with numpy for the few ops where that is unambiguous (onnxsim-
-simplified models have none).
+constants (exporters' shape and pad arithmetic) are folded by ONNX's reference evaluator
+(onnxsim-simplified models have none).
 
 Shapes are found by running the graph once on a zero input of batch 1, which also checks
 that every rule accepts what it is given. :meth:`Graph.evaluate` is the float64 reference
@@ -24,7 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from .operators import REGISTRY, ActivationRule, AffineRule, NodeInfo, Rule, UnsupportedModel, supported_ops
+from .operators import REGISTRY, AffineRule, NodeInfo, Rule, UnsupportedModel, supported_ops
 from .operators.base import DTYPE
 
 
@@ -97,20 +97,26 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     raise UnsupportedModel(f"node '{node.name or node.output[0]}' (Constant): unsupported constant kind")
 
 
-def _fold(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray | None:
-    """Numpy value of a node whose inputs are all constants, for unambiguous ops only."""
-    op = node.op_type
-    if op == "Identity":
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                    "Bernoulli", "Dropout"}
+
+
+def _fold(node: onnx.NodeProto, args: list[np.ndarray], opset: int) -> np.ndarray | None:
+    """The value of a node whose inputs are all constants, by ONNX's reference evaluator
+    (exact operator semantics, integer shape arithmetic included: exporters compute pads
+    and shapes with Shape/ConstantOfShape/Slice/Concat subgraphs); None when it cannot."""
+    if node.op_type in NONDETERMINISTIC or len([o for o in node.output if o]) != 1:
+        return None
+    if node.op_type == "Identity":
         return args[0]
-    if op == "Neg":
-        return -args[0]
-    if op in ("Add", "Sub", "Mul", "Div") and len(args) == 2:
-        a, b = args
-        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](a, b)
-    if op == "Reshape" and not _attrs(node).get("allowzero", 0):
-        shape = [int(s) if s != 0 else args[0].shape[k] for k, s in enumerate(args[1].reshape(-1))]
-        return args[0].reshape(shape)
-    return None
+    from onnx.reference import ReferenceEvaluator  # imported on first use: it loads every op
+
+    names = [t for t in node.input if t]
+    try:
+        (out,) = ReferenceEvaluator(node, opsets={"": opset}).run(None, dict(zip(names, args)))
+    except Exception:  # the evaluator raises many types for ops or attributes it lacks
+        return None
+    return np.asarray(out)
 
 
 def _node_name(node: onnx.NodeProto, k: int) -> str:
@@ -133,6 +139,7 @@ def read_graph(source) -> Graph:
     """Build a :class:`Graph` from an ONNX path or ModelProto; UnsupportedModel on refusal."""
     model = load_model(source)
     g = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in consts]
     if len(inputs) != 1:
@@ -171,10 +178,10 @@ def read_graph(source) -> Graph:
             raise UnsupportedModel(f"node '{name}' ({node.domain}.{node.op_type}) is not supported by the builtin "
                                    f"verifier; supported: {', '.join(supported_ops())}")
         if all(t in consts for t in known_inputs):
-            folded = _fold(node, [consts[t] for t in known_inputs])
+            folded = _fold(node, [consts[t] for t in known_inputs], opset)
             if folded is None:
-                raise UnsupportedModel(f"node '{name}' ({node.op_type}) has only constant inputs; fold them first "
-                                       "(e.g. with onnxsim)")
+                raise UnsupportedModel(f"node '{name}' ({node.op_type}) has only constant inputs and cannot be "
+                                       "folded; fold them first (e.g. with onnxsim)")
             consts[node.output[0]] = np.asarray(folded)
             continue
         rule_cls = REGISTRY.get(node.op_type)
@@ -184,7 +191,8 @@ def read_graph(source) -> Graph:
         var_pos = [p for p, t in enumerate(node.input) if t and t not in consts]
         info = NodeInfo(name=name, op_type=node.op_type, attrs=_attrs(node), inputs=list(node.input),
                         consts={p: consts[t] for p, t in enumerate(node.input) if t and t in consts},
-                        var_pos=var_pos, var_shapes=[shapes[node.input[p]] for p in var_pos])
+                        var_pos=var_pos, var_shapes=[shapes[node.input[p]] for p in var_pos],
+                        outputs=list(node.output))
         try:
             rule = rule_cls.build(info)
             out = rule.forward(*(values[node.input[p]] for p in var_pos))
@@ -210,7 +218,7 @@ def read_graph(source) -> Graph:
     for n in reversed(nodes):
         if n.output not in depth:
             continue  # does not reach the output
-        d = depth[n.output] + (1 if isinstance(n.rule, ActivationRule) else 0)
+        d = depth[n.output] + (0 if isinstance(n.rule, AffineRule) else 1)  # activations and maxima
         for t in n.inputs:
             depth[t] = max(depth.get(t, 0), d)
     nodes = [n for n in nodes if n.output in depth]  # drop dead branches

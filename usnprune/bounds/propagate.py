@@ -30,7 +30,7 @@ import dataclasses
 import torch
 
 from .graph import Graph
-from .operators import ActivationRule, AffineRule
+from .operators import ActivationRule, AffineRule, MaxRule
 from .operators.base import DTYPE
 
 U32 = 2.0**-24  # unit roundoff of float32
@@ -94,7 +94,7 @@ def stop_tensors(graph: Graph, depth: int | None) -> set[str]:
             continue
         seen.add(t)
         node = graph.producer[t]
-        if isinstance(node.rule, ActivationRule) and graph.relu_depth[t] >= depth:
+        if not isinstance(node.rule, AffineRule) and graph.relu_depth[t] >= depth:
             stops.add(t)
             continue
         todo.extend(node.inputs)
@@ -123,6 +123,11 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
         shape = graph.shapes[node.output]
         if isinstance(rule, AffineRule):
             out = _affine(rule, ins, graph, node, B, K, n, shape, ibp)
+        elif isinstance(rule, MaxRule):
+            out, rel = _max(rule, ins[0], n)
+            relax[node.output] = rel
+            if scores is not None:
+                scores += _max_instability(rule, ins[0], rel, n)
         else:
             out, rel = _activation(rule, ins[0], n, relu_lower)
             relax[node.output] = rel  # by tensor: ONNX output names are unique, node names need not be
@@ -157,41 +162,26 @@ def _affine(rule: AffineRule, ins: list[LinBound], graph: Graph, node, B, K, n, 
         return t.reshape((B * K,) + tuple(t.shape[2:]))
 
     if all(b.exact for b in ins):
-        w = None
-        for i, b in enumerate(ins):
-            y = rule.apply(i, flat(b.lw))
-            w = y if w is None else w + y
-        w = w.reshape((B, K) + shape)
+        w = rule.combine([flat(b.lw) for b in ins]).reshape((B, K) + shape)
         if rule.offset is not None:
             w = _add_const(w, n, rule.offset)
         lw = uw = w
     else:
-        m = r = None
-        for i, b in enumerate(ins):
-            if b.exact:
-                mi = rule.apply(i, flat(b.lw))
-            else:
-                mi = rule.apply(i, flat((b.lw + b.uw) * 0.5))
-                ri = rule.apply_abs(i, flat((b.uw - b.lw) * 0.5))
-                r = ri if r is None else r + ri
-            m = mi if m is None else m + mi
-        m = m.reshape((B, K) + shape)
+        m = rule.combine([flat(b.lw) if b.exact else flat((b.lw + b.uw) * 0.5) for b in ins]).reshape((B, K) + shape)
+        r = rule.combine([None if b.exact else flat((b.uw - b.lw) * 0.5) for b in ins], absolute=True)
         r = r.reshape((B, K) + shape)
         if rule.offset is not None:
             m = _add_const(m, n, rule.offset)
         lw, uw = m - r, m + r
     if getattr(rule, "moves_data", False):
-        # a reshape keeps every value: the input's interval (already intersected with
-        # everything known) is tighter than re-concretizing, and free
-        return LinBound(lw, uw, rule.apply(0, ins[0].lo), rule.apply(0, ins[0].hi))
+        # every output is one input element or a constant: the inputs' intervals (already
+        # intersected with everything known) map through exactly, tighter than
+        # re-concretizing, and free
+        return LinBound(lw, uw, rule.forward(*(b.lo for b in ins)), rule.forward(*(b.hi for b in ins)))
     lo, hi = concretize(lw, uw, n)
     if ibp and rule.rounding > 0:  # negation gains nothing from IBP
-        mid = rad = None
-        for i, b in enumerate(ins):
-            mi = rule.apply(i, (b.lo + b.hi) * 0.5)
-            ri = rule.apply_abs(i, (b.hi - b.lo) * 0.5)
-            mid = mi if mid is None else mid + mi
-            rad = ri if rad is None else rad + ri
+        mid = rule.combine([(b.lo + b.hi) * 0.5 for b in ins])
+        rad = rule.combine([(b.hi - b.lo) * 0.5 for b in ins], absolute=True)
         if rule.offset is not None:
             mid = mid + rule.offset
         lo = torch.maximum(lo, mid - rad)
@@ -217,6 +207,36 @@ def _activation(rule: ActivationRule, x: LinBound, n: int, mode: str):
     lo, hi = rule.interval(l, u)
     clo, chi = concretize(lw, uw, n)
     return LinBound(lw, uw, torch.maximum(lo, clo), torch.minimum(hi, chi)), (ls, lb, us, ub)
+
+
+def _max(rule: MaxRule, x: LinBound, n: int):
+    """Selection relaxation of a window maximum (see ``operators.base.MaxRule``)."""
+    idx, dom, umax = rule.select(x.lo, x.hi)
+    lw = rule.gather(x.lw, idx)
+    if x.exact and bool(dom.all()):
+        uw = lw  # every window has a dominant element: y = x_j exactly
+    else:
+        uw = rule.gather(x.uw, idx)
+        d = dom.reshape((dom.shape[0], 1) + tuple(rule.out_shape))
+        const = torch.zeros_like(uw)
+        const[:, n] = umax.reshape((umax.shape[0],) + tuple(rule.out_shape))
+        uw = torch.where(d, uw, const)
+    lo, hi = rule.interval(x.lo, x.hi)
+    clo, chi = concretize(lw, uw, n)
+    return LinBound(lw, uw, torch.maximum(lo, clo), torch.minimum(hi, chi)), (idx, dom, umax)
+
+
+def _max_instability(rule: MaxRule, x: LinBound, rel, n: int) -> torch.Tensor:
+    """Like :func:`_instability`, for the windows without a dominant element, through the
+    selected element."""
+    idx, dom, _ = rel
+    if bool(dom.all()):
+        return torch.zeros((x.lw.shape[0], n), dtype=DTYPE)
+    B = x.lw.shape[0]
+    width = (x.hi - x.lo).clamp(min=1e-30).unsqueeze(1)
+    share = rule.gather((x.lw[:, :n].abs() + x.uw[:, :n].abs()) / width, idx)
+    loose = (~dom).reshape((B, 1) + tuple(rule.out_shape))
+    return (share * loose).reshape(B, n, -1).sum(-1)
 
 
 def _contract(lam: torch.Tensor, b: LinBound) -> torch.Tensor:
@@ -253,7 +273,17 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
             acc += _contract(lam, fwd.kept[node.output])
             continue
         rule = node.rule
-        if isinstance(rule, AffineRule):
+        if isinstance(rule, MaxRule):
+            idx, dom, umax = fwd.relax[node.output]
+            d = dom.reshape((B, 1) + tuple(rule.out_shape))
+            # a positive multiplier takes y >= x_j; a negative one y <= x_j where j
+            # dominates, else y <= max u (a constant)
+            g = rule.scatter(torch.where(d, lam, lam.clamp(min=0)), idx)
+            um = umax.reshape((B, 1) + tuple(rule.out_shape))
+            acc[:, :, n] += (torch.where(d, 0.0, lam.clamp(max=0)) * um).reshape(B, R, -1).sum(-1)
+            t = node.inputs[0]
+            lams[t] = lams[t] + g if t in lams else g
+        elif isinstance(rule, AffineRule):
             out_shape = tuple(lam.shape[2:])
             flat = lam.reshape((B * R,) + out_shape)
             for i, t in enumerate(node.inputs):
@@ -332,6 +362,8 @@ def float32_error(graph: Graph, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
             if rule.offset is not None:
                 mag = mag + rule.offset.abs()
             err[node.output] = prop + gamma(rule.rounding) * mag
+        elif isinstance(rule, MaxRule):
+            err[node.output] = rule.forward(err[node.inputs[0]])  # |max(a + e) - max(a)| <= max |e|
         else:
             err[node.output] = err[node.inputs[0]]
     return err[graph.output_name].reshape(-1)

@@ -11,19 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import AffineRule, NodeInfo, tensor, unbroadcast
-
-
-def _per_sample_const(info: NodeInfo, pos: int, rank: int) -> np.ndarray:
-    c = np.asarray(info.consts[pos], dtype=np.float64)
-    if c.ndim > rank:
-        raise info.fail(f"constant input '{info.inputs[pos]}' of shape {c.shape} has more dimensions than the "
-                        f"data ({rank} with the batch)")
-    if c.ndim == rank:
-        if c.shape[0] != 1:
-            raise info.fail(f"constant input '{info.inputs[pos]}' has batch dimension {c.shape[0]}, expected 1")
-        c = c[0]
-    return c
+from .base import AffineRule, NodeInfo, per_sample_const, tensor, unbroadcast
 
 
 class _Elementwise(AffineRule):
@@ -37,7 +25,7 @@ class _Elementwise(AffineRule):
         shapes = [tuple(s) for s in self.in_shapes]
         for pos in info.consts:
             if pos < 2:
-                c = _per_sample_const(info, pos, rank)
+                c = per_sample_const(info, pos, rank)
                 self.const = tensor(c)
                 shapes.append(tuple(c.shape))
         try:
@@ -110,7 +98,7 @@ class _Scale(AffineRule):
         if info.op_type == "Div" and info.var_pos[0] != 0:
             raise info.fail("division by a non-constant tensor is not linear")
         rank = 1 + len(self.in_shapes[0])
-        c = _per_sample_const(info, pos, rank)
+        c = per_sample_const(info, pos, rank)
         if info.op_type == "Div":
             if np.any(c == 0):
                 raise info.fail("division by zero")

@@ -12,6 +12,11 @@ tensor the engine handles has a leading batch dimension ``N``; per-sample shapes
   pass, and the float32 rounding-error bound.
 * :class:`ActivationRule` -- an element-wise non-linear function with a sound linear
   relaxation ``ls*z + lb <= f(z) <= us*z + ub`` for ``z`` in ``[l, u]``.
+* :class:`MaxRule` -- each output element is the maximum of a window of input elements
+  (MaxPool). Its relaxation (DeepPoly's, also auto_LiRPA's default) selects per output the
+  window element ``j`` with the largest lower bound: ``y >= x_j`` always; ``y <= x_j`` when
+  ``j`` dominates (``l_j >= u_k`` for every other ``k`` of the window, then ``y = x_j``),
+  otherwise ``y <= max_k u_k``.
 
 ``rounding`` is how many float32 roundings an output element of the real ONNX evaluation
 may accumulate beyond those of its inputs, as a multiple of the fan-in (see
@@ -47,6 +52,7 @@ class NodeInfo:
     consts: dict[int, np.ndarray]  # input position -> constant value
     var_pos: list[int]  # positions of the bounded (input-dependent) inputs
     var_shapes: list[tuple[int, ...]]  # their per-sample shapes, in var_pos order
+    outputs: list[str] = dataclasses.field(default_factory=list)  # output names, in ONNX order
 
     def fail(self, what: str) -> UnsupportedModel:
         return UnsupportedModel(f"node '{self.name}' ({self.op_type}): {what}")
@@ -67,6 +73,21 @@ def tensor(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=DTYPE)
 
 
+def per_sample_const(info: NodeInfo, pos: int, rank: int) -> np.ndarray:
+    """The constant input at ``pos`` for one sample: against data of ``rank`` dimensions (the
+    batch included) a constant of full rank must have a leading 1, and a higher rank would
+    add dimensions in front of the batch."""
+    c = np.asarray(info.consts[pos], dtype=np.float64)
+    if c.ndim > rank:
+        raise info.fail(f"constant input '{info.inputs[pos]}' of shape {c.shape} has more dimensions than the "
+                        f"data ({rank} with the batch)")
+    if c.ndim == rank:
+        if c.shape[0] != 1:
+            raise info.fail(f"constant input '{info.inputs[pos]}' has batch dimension {c.shape[0]}, expected 1")
+        c = c[0]
+    return c
+
+
 def unbroadcast(lam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Sum ``lam`` ``[N, *out]`` down to ``[N, *shape]`` (the transpose of broadcasting)."""
     extra = lam.dim() - 1 - len(shape)
@@ -83,8 +104,8 @@ class Rule:
 
     op_types: ClassVar[tuple[str, ...]] = ()
     kind: ClassVar[str] = "?"
-    # Input positions that may be bounded; any other non-constant input is rejected.
-    var_inputs: ClassVar[tuple[int, ...]] = (0,)
+    # Input positions that may be bounded (None: any); any other non-constant input is rejected.
+    var_inputs: ClassVar[tuple[int, ...] | None] = (0,)
 
     def __init__(self, info: NodeInfo) -> None:
         self.info = info
@@ -94,7 +115,7 @@ class Rule:
     @classmethod
     def build(cls, info: NodeInfo) -> "Rule":
         for p in info.var_pos:
-            if p not in cls.var_inputs:
+            if cls.var_inputs is not None and p not in cls.var_inputs:
                 raise info.fail(f"input {p} ('{info.inputs[p]}') depends on the network input; the builtin "
                                 "verifier needs it constant (weights, shapes and limits must be constants)")
         if not info.var_pos:
@@ -125,10 +146,19 @@ class AffineRule(Rule):
             (g,) = torch.autograd.grad(y, x0, grad_outputs=lam)
         return g
 
+    def combine(self, xs: list[torch.Tensor | None], absolute: bool = False) -> torch.Tensor:
+        """``sum_i M_i x_i`` (``|M_i|`` with ``absolute``) over the inputs; ``None`` is a zero
+        input. Rules with several inputs may override it with something cheaper (Concat)."""
+        out = None
+        for i, x in enumerate(xs):
+            if x is None:
+                continue
+            y = self.apply_abs(i, x) if absolute else self.apply(i, x)
+            out = y if out is None else out + y
+        return out
+
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        out = self.apply(0, xs[0])
-        for i in range(1, len(xs)):
-            out = out + self.apply(i, xs[i])
+        out = self.combine(list(xs))
         if self.offset is not None:
             out = out + self.offset
         return out
@@ -147,3 +177,49 @@ class ActivationRule(Rule):
     def interval(self, l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``f([l, u])`` for a monotone non-decreasing ``f``."""
         return self.forward(l), self.forward(u)
+
+
+class MaxRule(Rule):
+    """Maximum over windows of a ``[batch, C, *spatial]`` tensor (see the module docstring).
+
+    Subclasses provide ``forward`` and ``windows(v)``: ``v [N, C, *spatial]`` ->
+    ``[N, C, L, W]`` values of the ``W`` window positions of each of the ``L`` outputs of
+    a channel (``-inf`` where a window reaches into padding), and ``index [L, W]``: the
+    flat spatial input index of each window position (any valid index where padded).
+    """
+
+    kind = "max"
+    index: torch.Tensor  # [L, W] int64
+
+    def windows(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def interval(self, l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward(l), self.forward(u)  # max is non-decreasing in every element
+
+    def select(self, l: torch.Tensor, u: torch.Tensor):
+        """``(idx, dom, umax)`` per output ``[N, C, L]``: the flat input index of the element
+        with the largest lower bound, whether it dominates its window, and the window's
+        largest upper bound."""
+        lw, uw = self.windows(l), self.windows(u)
+        lmax, j = lw.max(-1)
+        umax = uw.max(-1).values
+        others = uw.scatter(-1, j.unsqueeze(-1), -torch.inf).max(-1).values
+        dom = lmax >= others  # ties are dominant too: x_k <= u_k <= l_j <= x_j
+        idx = self.index[torch.arange(self.index.shape[0]), j]  # broadcasts to [N, C, L]
+        return idx, dom, umax
+
+    def gather(self, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``w [N, K, C, *spatial]`` -> ``[N, K, *out]``: the selected element of each window."""
+        N, K, C = w.shape[:3]
+        flat = w.reshape(N, K, C, -1)
+        g = torch.gather(flat, 3, idx.unsqueeze(1).expand(N, K, C, idx.shape[-1]))
+        return g.reshape((N, K) + tuple(self.out_shape))
+
+    def scatter(self, lam: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The transpose of :meth:`gather`: ``lam [N, R, *out]`` -> ``[N, R, C, *spatial]``."""
+        N, R, C = lam.shape[:3]
+        flat = lam.reshape(N, R, C, -1)
+        out = torch.zeros((N, R, C, self.in_size), dtype=lam.dtype)
+        out.scatter_add_(3, idx.unsqueeze(1).expand(N, R, C, idx.shape[-1]), flat)
+        return out.reshape((N, R) + tuple(self.in_shapes[0]))
