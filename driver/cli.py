@@ -7,13 +7,16 @@ status 2, without a traceback; bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 
 from usnprune.config import default_of, from_dict, load_yaml
 from usnprune.errors import ConfigError, UsnpruneError
 from usnprune.export.benchmark import ExportConfig
+from usnprune.files import atomic_write
 from usnprune.pruner.data.synthetic import SynthConfig
 from usnprune.pruner.evaluate import EvalConfig
 from usnprune.pruner.models import CHECKPOINT_NAME
@@ -40,8 +43,8 @@ def _positive(name: str):
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {s}")
+        if not (v > 0 and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"{name} must be > 0 and finite, got {s}")
         return v
 
     return conv
@@ -61,7 +64,12 @@ def _count(name: str, minimum: int = 1):
 
 
 def _box(args):
-    return Box.make(args.eps_contrast, args.eps_brightness, where="--eps-contrast/--eps-brightness")
+    """The box from --eps-contrast/--eps-brightness; an error names the flag."""
+    try:
+        return Box.make(args.eps_contrast, args.eps_brightness, where="box")
+    except ConfigError as e:
+        msg = str(e).replace("box.eps_c:", f"--eps-contrast {args.eps_contrast}:")
+        raise ConfigError(msg.replace("box.eps_b:", f"--eps-brightness {args.eps_brightness}:")) from None
 
 
 # ---- commands -----------------------------------------------------------------------
@@ -84,7 +92,7 @@ def cmd_train(args) -> int:
         if getattr(args, key):
             raw[key] = getattr(args, key)
     cfg = from_dict(TrainConfig, raw, where=str(args.config))
-    metrics = train(cfg)
+    metrics = train(cfg, force=args.force)
     print(json.dumps(metrics, indent=2))
     print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}")
     return 0
@@ -94,17 +102,26 @@ def cmd_eval(args) -> int:
     from usnprune.pruner.data.coco import load_split
     from usnprune.pruner.evaluate import evaluate, metrics_table
     from usnprune.pruner.models import load_checkpoint
+    from usnprune.pruner.prune import check_keypoints
 
     cfg = EvalConfig(perturbation=_box(args), deltas=args.delta, grid=args.grid, split=args.split)
     cfg.check("eval")
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before the work: the table goes to one file the user named
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: is a folder; name the CSV file to write")
+        if out.exists() and not args.force:
+            raise ConfigError(f"--out {out}: exists; pass --force to replace it")
+        if out.resolve() in (Path(args.checkpoint).resolve(),):
+            raise ConfigError(f"--out {out}: is the checkpoint; choose another file")
     model, meta = load_checkpoint(args.checkpoint)
     ds = load_split(args.data, cfg.split, model.arch.input_size)
+    check_keypoints(model, ds, args.checkpoint, args.data)
     res = evaluate(model, ds, deltas=cfg.deltas, box=cfg.perturbation, grid=cfg.grid)
     df = metrics_table(res, {"checkpoint": str(args.checkpoint)})
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
-        print(f"wrote {args.out}")
+    if out is not None:
+        atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
+        print(f"wrote {out}")
     overall = res["overall"]
     print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in overall.items()))
     return 0
@@ -117,7 +134,7 @@ def cmd_prune(args) -> int:
                             method=args.method, sparsity=args.sparsity, seed=args.seed)
     if args.analyze_only:
         rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.perturbation, cfg.calibration.images,
-                       cfg.calibration.perturbations, cfg.seed)
+                       cfg.calibration.perturbations, cfg.seed, force=args.force)
         for r in rows:
             print(f"{r['layer']:>6}: {r['units']:4d} units, mean USN {r['mean_usn']:.3f}, "
                   f"unstable {r['unstable_share']:.1%}, looseness share {r['looseness_share']:.1%}")
@@ -125,7 +142,7 @@ def cmd_prune(args) -> int:
         return 0
     from usnprune.pruner.prune import prune
 
-    prune(cfg)
+    prune(cfg, force=args.force)
     print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}; report: {Path(cfg.out) / 'report.json'}")
     return 0
 
@@ -138,28 +155,46 @@ def cmd_export(args) -> int:
         perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
         timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
         skip_violated=args.skip_violated, split=args.split, force=args.force)
-    cfg.check("export")
+    try:
+        cfg.check("export")
+    except ConfigError as e:  # name the flag the user typed
+        msg = str(e)
+        for key, flag in EXPORT_FLAGS.items():
+            msg = msg.replace(f"export.{key}:", f"{flag}:")
+        raise ConfigError(msg) from None
     export_benchmark(cfg)
     return 0
 
 
-def _parse_options(items: list[str] | None) -> dict:
+EXPORT_FLAGS = {"categories": "--category", "deltas": "--delta", "delta": "--delta", "images": "--images",
+                "pool": "--pool", "timeout": "--timeout", "checkpoints": "--checkpoint"}
+
+
+def _parse_options(items: list[str] | None, flag: str = "--option") -> dict:
     """KEY=VALUE pairs (values parsed as YAML scalars) for backend/executor options."""
     import yaml
 
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        if not k.strip():
+            raise ConfigError(f"{flag} {item!r}: the key is empty (expected KEY=VALUE)")
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{flag} {item!r}: the value is not a YAML scalar ({getattr(e, 'problem', e)})") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag} {item!r}: the value must be finite")
+        out[k.strip()] = value
     return out
 
 
 def cmd_verify(args) -> int:
     from .verify import run_verify
 
-    executor_options = _parse_options(args.sbatch)
+    executor_options = _parse_options(args.sbatch, "--sbatch")
     for key in ("partition", "time_min", "gpus_per_task", "cpus_per_task", "account", "mem_gb"):
         val = getattr(args, key, None)
         if val is not None:
@@ -179,7 +214,7 @@ def cmd_verify(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
-    res = report(args.runs, args.out, sheets=not args.no_sheets)
+    res = report(args.runs, args.out, sheets=not args.no_sheets, force=args.force)
     return 1 if res["problems"] else 0
 
 
@@ -205,13 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=_count("--n-test"), default=default_of(SynthConfig, "n_test"))
     s.add_argument("--seed", type=int, default=default_of(SynthConfig, "seed"))
     s.add_argument("--size", type=_count("--size", 16), default=default_of(SynthConfig, "size"), help="image side in pixels")
-    s.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    s.add_argument("--force", action="store_true", help="write into a non-empty folder (replacing only what usnprune wrote)")
     s.set_defaults(func=cmd_data_synth)
 
     t = sub.add_parser("train", help="train a keypoint network from a YAML config")
     t.add_argument("--config", required=True)
     t.add_argument("--data", help="override the config's data folder")
     t.add_argument("--out", help="override the config's output folder")
+    t.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="clean and empirically robust keypoint metrics")
@@ -224,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--grid", type=_count("--grid", 2), default=default_of(EvalConfig, "grid"),
                    help="grid points per axis of the box")
     e.add_argument("--out", help="CSV file for the per-keypoint table")
+    e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("prune", help="prune a network (USN, USN + Wasserstein, or a baseline)")
@@ -235,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--sparsity", type=float, help="override: share of units removed, in [0, 1)")
     pr.add_argument("--seed", type=int, help="override: seed")
     pr.add_argument("--analyze-only", action="store_true", help="write the per-layer USN/stability analysis only")
+    pr.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
     pr.set_defaults(func=cmd_prune)
 
     ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (ONNX + VNNLIB) for checkpoints")
@@ -284,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run folders")
     rp.add_argument("--out", required=True, help="output folder")
     rp.add_argument("--no-sheets", action="store_true", help="skip the per-network contact sheets")
+    rp.add_argument("--force", action="store_true", help="replace what an earlier report wrote in the output folder")
     rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("run", help="run an experiment YAML end to end")
@@ -300,14 +339,31 @@ def _add_box_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps-brightness", type=float, default=default_of(Box, "eps_b"), help="brightness b in [-eps, eps]")
 
 
+# what the machine refused (a full disk, a read-only folder, a path that is a folder): the
+# user's to fix, so one line; any other OSError is a bug and keeps its traceback
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                      errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOTEMPTY}
+
+
+def _one_line(message: str) -> None:
+    msg = " ".join(str(message).split())
+    print(f"usnprune: error: {msg}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UsnpruneError as e:
-        msg = " ".join(str(e).split("\n"))
-        print(f"usnprune: error: {msg}", file=sys.stderr)
+        _one_line(str(e))
+        return EXIT_USER_ERROR
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = e.filename if e.filename is not None else "a file"
+        hint = "; nothing half-written was left looking complete" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        _one_line(f"{where}: {e.strerror or e}{hint}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("usnprune: interrupted", file=sys.stderr)

@@ -7,7 +7,12 @@
   hard wall-clock limit: a worker silent for longer than the instance timeout plus a grace
   period is killed with its process group, its instance in flight gets a ``timeout`` row,
   and the rest of its chunk goes back to the queue. A worker that dies (crash, out of
-  memory) leaves an ``error`` row for its instance in flight, never the end of the run.
+  memory, kill -9) leaves an ``error`` row for its instance in flight with cause
+  ``infrastructure`` (``--resume`` runs it again), never the end of the run.
+  Workers die with the parent: the kernel sends each SIGKILL when the parent process ends
+  (``PR_SET_PDEATHSIG``, kill -9 included), and a worker whose parent is gone stops at its
+  next message without writing anything (a failed send is never an ``error`` row). So a
+  killed ``verify`` leaves no worker behind, and the instances in flight simply have no row.
   Each worker talks to the parent over its own pair of pipes: a worker killed while
   sending cannot wedge the others (with one shared multiprocessing queue, a SIGKILL during
   a put left its lock taken and hung the run in 2 of 3 tries). When GPUs are visible,
@@ -25,14 +30,16 @@ import signal
 import time
 from pathlib import Path
 
-from usnprune.errors import ConfigError
-from usnprune.system import THREADS_ENV, usable_cores
 from usnprune.verifier_specs.base import Instance, Verdict, backend_from_profile
+
+from usnprune.errors import UsnpruneError
+from usnprune.process import die_with_parent
+from usnprune.system import THREADS_ENV, usable_cores
 
 from .progress import Progress
 from .runfolder import RunSpec, load_manifest, make_row
-from .store import ResultStore, row_key, writer_name
-from .worker import chunks_of, run_chunk
+from .store import CAUSE_INFRASTRUCTURE, ResultStore, row_key, writer_name
+from .worker import Abandoned, chunks_of, run_chunk
 
 GRACE_S = 30.0  # beyond an instance's timeout before the parent kills a silent worker
 
@@ -62,33 +69,48 @@ def run_serial(spec, run_dir: Path, instances: list[Instance], log) -> None:
 # ---- local processes ----------------------------------------------------------------
 
 
-def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None, threads: int) -> None:
+def _worker_main(wid: int, spec_dict: dict, run_dir: str, tasks, results, gpu: str | None, threads: int,
+                 parent: int | None = None) -> None:
     """Worker process: take chunks until told to stop; report row/ready/fatal messages.
 
     ``tasks`` and ``results`` are this worker's own pipe ends: a worker killed in the middle
     of a message can only break its own pipe (a shared queue's lock would stay taken and
     wedge every other worker)."""
+    die_with_parent(parent)  # a killed verify takes its workers along (module docstring)
     os.setpgrp()  # the parent kills the worker together with any verifier it started
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ[THREADS_ENV] = str(threads)  # this worker's share of the cores
     spec = RunSpec(**spec_dict)
     writer = writer_name(f"local-{spec.run_id}-w{wid}")
-    results.send(("ready", wid, None))
-    while True:
+
+    def send(message) -> None:
         try:
-            chunk = tasks.recv()
-        except EOFError:  # the parent is gone
-            return
-        if chunk is None:
-            return
-        insts = [Instance.from_dict(d) for d in chunk]
-        try:
-            run_chunk(spec, Path(run_dir), insts, writer, on_row=lambda row: results.send(("row", wid, row)))
-        except Exception as e:  # e.g. the backend cannot be loaded: tell the parent, stop
-            results.send(("fatal", wid, f"{type(e).__name__}: {e}"))
-            return
-        results.send(("ready", wid, None))
+            results.send(message)
+        except (OSError, EOFError, ValueError):  # the parent is gone: stop, record nothing more
+            raise Abandoned() from None
+
+    try:
+        send(("ready", wid, None))
+        while True:
+            try:
+                chunk = tasks.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if chunk is None:
+                return
+            insts = [Instance.from_dict(d) for d in chunk]
+            try:
+                run_chunk(spec, Path(run_dir), insts, writer, on_row=lambda row: send(("row", wid, row)))
+            except UsnpruneError as e:  # a full disk, a backend that cannot load: tell the parent, stop
+                send(("fatal", wid, str(e)))
+                return
+            except Exception as e:
+                send(("fatal", wid, f"{type(e).__name__}: {e}"))
+                return
+            send(("ready", wid, None))
+    except Abandoned:
+        return
 
 
 @dataclasses.dataclass
@@ -117,6 +139,7 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
     progress = Progress(len(instances), f"verify x{n}")
     next_wid = [0]
     threads = max(1, usable_cores() // n)
+    started = time.time()  # rows from before (an earlier run of a resumed folder) are not this run's
 
     def start_worker() -> None:
         wid = next_wid[0]
@@ -124,8 +147,8 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         task_r, task_w = ctx.Pipe(duplex=False)
         res_r, res_w = ctx.Pipe(duplex=False)
         gpu = gpus[wid % len(gpus)] if gpus else None
-        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), task_r, res_w, gpu, threads),
-                        daemon=True)
+        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), task_r, res_w, gpu, threads,
+                                                   os.getpid()), daemon=True)
         p.start()
         task_r.close()  # the worker's ends live in the worker now
         res_w.close()
@@ -148,14 +171,17 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         """A killed/dead worker: a row for its instance in flight, the rest requeued.
 
         The store, not the messages (the last ones may be lost with the worker), says what
-        is finished; workers take their chunk in order, so the first unfinished instance is
-        the one in flight. Each death settles it, so a worker that keeps dying cannot loop."""
-        finished = store.finished_keys()
+        is finished in this run; workers take their chunk in order, so the first instance
+        without a row of this run is the one in flight. Each death settles it (an error
+        row of cause ``infrastructure``: --resume tries it again), so a worker that keeps
+        dying cannot loop."""
+        finished = {k for k, r in store.rows().items() if r.get("finished_at", 0) >= started}
         rest = [d for d in w.chunk if row_key(d) not in finished]
         if not rest:
             return
         verdict = Verdict(status, time.monotonic() - w.last_seen if status == "timeout" else 0.0, None, message)
-        row = make_row(spec, backend.name, backend.version(), by_key[row_key(rest[0])], verdict, None, manifest)
+        row = make_row(spec, backend.name, backend.version(), by_key[row_key(rest[0])], verdict, None, manifest,
+                       CAUSE_INFRASTRUCTURE if status == "error" else None)
         store.append(row, parent_writer)
         progress.row(row)
         if rest[1:]:
@@ -219,7 +245,7 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
             retire(wid, kill=True)
         progress.close()
     if fatal:
-        raise ConfigError(f"verifier workers could not start: {fatal}")
+        raise UsnpruneError(f"a verifier worker stopped: {fatal}")
 
 
 def _kill(proc: mp.Process) -> None:

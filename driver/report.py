@@ -17,15 +17,17 @@ exceeds empirical robust PCK (``check_ceiling``).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from usnprune.errors import UsnpruneError
+from usnprune.files import OutputFolder
+from usnprune.verifier_specs.base import STATUSES
 
-from .runfolder import RUN_FILE, RunSpec, write_table
+from .runfolder import RUN_FILE, RunSpec, table
 
 VERDICT_COLORS = {"certified": "#2ca02c", "falsified": "#d62728", "timeout": "#ff7f0e", "unknown": "#7f7f7f", "error": "#000000"}
 
@@ -40,10 +42,12 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     if not (run / RUN_FILE).is_file():
         raise ReportError(f"{run}: not a usnprune run folder (no {RUN_FILE})")
     spec = RunSpec.load(run)
-    write_table(run)  # refresh from the store: a killed run's table may be stale
-    df = pd.read_csv(run / "instances.csv")
+    # from the store, not RUN/instances.csv (a killed run's table may be stale), and without
+    # writing into the run folder: report writes only under its --out
+    df = pd.read_csv(io.StringIO(table(run).to_csv(index=False)))
     if df.empty:
         raise ReportError(f"{run}: the run has no finished instance yet")
+    _check_rows(df, run)
     manifest_path = Path(spec.bench) / "manifest.csv"
     if manifest_path.is_file():
         m = pd.read_csv(manifest_path)
@@ -53,6 +57,19 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     df["run"] = run.name
     df["bench"] = spec.bench
     return df
+
+
+def _check_rows(df: pd.DataFrame, run: Path) -> None:
+    """Refuse rows a report cannot count (a hand-edited results store), naming the first."""
+    bad_verdict = ~df["verdict"].isin(STATUSES)
+    times = pd.to_numeric(df["time"], errors="coerce")
+    bad_time = ~np.isfinite(times.astype(float))
+    for mask, what in ((bad_verdict, "verdict"), (bad_time, "time")):
+        if mask.any():
+            r = df[mask].iloc[0]
+            raise ReportError(f"{run}: the row of {r['onnx']},{r['vnnlib']} has {what} {r[what]!r} "
+                              f"(expected {'one of ' + ', '.join(STATUSES) if what == 'verdict' else 'a number of seconds'})")
+    df["time"] = times
 
 
 def _truthy(s: pd.Series) -> pd.Series:
@@ -213,24 +230,43 @@ def contact_sheet(df: pd.DataFrame, bench: Path, path: Path, cols: int = 6) -> N
     plt.close(fig)
 
 
-def report(runs: list[str | Path], out: str | Path, sheets: bool = True, log=print) -> dict:
+OUTPUTS = ("keypoints.csv", "summary.csv", "certified_pck.png", "verification_time.png", "report.json")
+
+
+def report(runs: list[str | Path], out: str | Path, sheets: bool = True, log=print, force: bool = False) -> dict:
+    """Tables and plots of ``runs`` into ``out``, written together at the end; an existing
+    file is replaced only with ``force`` and only when usnprune wrote it (OutputFolder)."""
+    seen: dict[Path, str] = {}
+    for r in runs:
+        real = Path(r).resolve()
+        if real in seen:
+            raise ReportError(f"{r}: the run is given twice (as {seen[real]} too); its rows would count twice")
+        seen[real] = str(r)
+    names = [Path(r).resolve().name for r in runs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ReportError(f"two runs are both named {clash[0]!r}; the tables tell runs apart by folder name: "
+                          f"rename one")
+    folder = OutputFolder(out, "report", force, inputs=[Path(r) / "instances.csv" for r in runs])
+    folder.claim(OUTPUTS)
     frames = [load_run(r) for r in runs]
     df = pd.concat(frames, ignore_index=True)
-    o = Path(out)
-    o.mkdir(parents=True, exist_ok=True)
     kp = keypoint_table(df)
     summary = summary_table(df)
-    kp.to_csv(o / "keypoints.csv", index=False)
-    summary.to_csv(o / "summary.csv", index=False)
-    plot_vs_sparsity(summary, "certified_pck", "certified PCK", o / "certified_pck.png")
-    plot_vs_sparsity(summary, "time_mean_s", "mean verification time per instance (s)", o / "verification_time.png", logy=True)
-    if sheets:
-        (o / "sheets").mkdir(exist_ok=True)
-        for (run, net), g in df.groupby(["run", "network"]):
-            name = f"{net}.png" if df["run"].nunique() == 1 else f"{run}-{net}.png"
-            contact_sheet(g, Path(g["bench"].iloc[0]), o / "sheets" / name)
     problems = check_ceiling(summary)
-    (o / "report.json").write_text(json.dumps({"runs": [str(r) for r in runs], "ceiling_violations": problems}, indent=2))
+    with folder.staging(OUTPUTS, remove_stale=True) as stage:
+        kp.to_csv(stage.path("keypoints.csv"), index=False)
+        summary.to_csv(stage.path("summary.csv"), index=False)
+        plot_vs_sparsity(summary, "certified_pck", "certified PCK", stage.path("certified_pck.png"))
+        plot_vs_sparsity(summary, "time_mean_s", "mean verification time per instance (s)",
+                         stage.path("verification_time.png"), logy=True)
+        if sheets:
+            for (run, net), g in df.groupby(["run", "network"]):
+                name = f"{net}.png" if df["run"].nunique() == 1 else f"{run}-{net}.png"
+                contact_sheet(g, Path(g["bench"].iloc[0]), stage.path(f"sheets/{name}"))
+        stage.path("report.json").write_text(json.dumps({"runs": [str(r) for r in runs],
+                                                         "ceiling_violations": problems}, indent=2))
+    o = Path(out)
     log(summary[["network", "delta", "parameters", "instances", "certified_pck", "empirical_robust_pck",
                  "time_mean_s", "timeouts"]].to_string(index=False))
     for p in problems:

@@ -3,13 +3,20 @@
 Run folder::
 
     RUN/run.json          what was run: the benchmark, the backend as named and its resolved
-                          profile, option overrides, the timeout override
+                          profile, option overrides, the timeout override, and the
+                          fingerprint of the benchmark (SHA-256 of instances.csv,
+                          benchmark.json, manifest.csv and every ONNX and VNNLIB file)
+    RUN/.lock             held (flock) by the one process working on the run folder
     RUN/results/*.jsonl   the results store (driver/store.py): a row per finished instance
     RUN/instances.csv     the table of rows, one per instance (rewritten at the end)
     RUN/logs/             per-worker / per-task logs
 
 This is the bottom layer of verification: it reads a benchmark folder's instances.csv and
 manifest.csv, creates or reopens a run folder, and turns a verdict into a result row.
+
+A run is bound to what it verified: ``--resume`` refuses when anything in the fingerprint
+or the resolved backend profile differs from run.json, naming what changed, so a row can
+never describe a file other than the one it was computed on.
 """
 
 from __future__ import annotations
@@ -17,24 +24,28 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
 
 from usnprune import __version__
 from usnprune.errors import ConfigError, UsnpruneError
-from usnprune.files import atomic_write_text
+from usnprune.files import PathError, atomic_write, atomic_write_text, hash_file, safe_relative
 from usnprune.verifier_specs.base import Instance, Verdict
 
-from .store import ResultStore, row_key
+from .store import CAUSE_INFRASTRUCTURE, CAUSE_INSTANCE, ResultStore, row_key
 
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 COLUMNS = [
     "run_id", "backend", "backend_version", "onnx", "vnnlib", "category", "network", "method", "sparsity", "seed",
     "parameters", "image", "keypoint", "keypoint_name", "delta", "eps_c", "eps_b", "reference", "verdict", "time",
-    "cex_c", "cex_b", "sample_violated", "message",
+    "check_time", "cex_c", "cex_b", "cex", "sample_violated", "error_cause", "message",
 ]
+FINGERPRINTED = ("instances.csv", "benchmark.json", "manifest.csv")  # beside every ONNX and VNNLIB file
 
 
 class BenchmarkError(UsnpruneError):
@@ -55,23 +66,33 @@ def load_instances(bench: str | Path, timeout: float | None = None) -> list[Inst
         raise BenchmarkError(f"{root}: no instances.csv (not a VNN-COMP benchmark folder)")
     out = []
     seen: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.reader(f), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 3:
-                raise BenchmarkError(f"{path}:{i}: expected onnx,vnnlib,timeout, got {len(row)} fields")
-            try:
-                t = float(row[2])
-            except ValueError:
-                raise BenchmarkError(f"{path}:{i}: timeout {row[2]!r} is not a number") from None
-            if not t > 0:
-                raise BenchmarkError(f"{path}:{i}: timeout must be > 0, got {row[2]}")
-            inst = Instance(root.resolve(), row[0].strip(), row[1].strip(), timeout or t, len(out))
-            if inst.key in seen:
-                raise BenchmarkError(f"{path}:{i}: {inst.onnx},{inst.vnnlib} is listed twice (first on line {seen[inst.key]})")
-            seen[inst.key] = i
-            out.append(inst)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except (csv.Error, OSError) as e:
+        raise BenchmarkError(f"{path}: cannot read ({e})") from None
+    for i, row in enumerate(rows, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 3:
+            raise BenchmarkError(f"{path}:{i}: expected onnx,vnnlib,timeout, got {len(row)} fields")
+        try:
+            t = float(row[2])
+        except ValueError:
+            raise BenchmarkError(f"{path}:{i}: timeout {row[2]!r} is not a number") from None
+        if not (t > 0 and t < float("inf")):
+            raise BenchmarkError(f"{path}:{i}: timeout must be a finite number > 0, got {row[2]}")
+        try:  # ./onnx/x and onnx/x are one file, one instance; ../x is not in the folder
+            onnx_rel, vnnlib_rel = (safe_relative(c, f"{path}:{i}:") for c in row[:2])
+        except PathError as e:
+            raise BenchmarkError(str(e)) from None
+        inst = Instance(root.resolve(), onnx_rel, vnnlib_rel, timeout or t, len(out))
+        if inst.key in seen:
+            raise BenchmarkError(f"{path}:{i}: {inst.onnx},{inst.vnnlib} is listed twice (first on line {seen[inst.key]})")
+        seen[inst.key] = i
+        out.append(inst)
     if not out:
         raise BenchmarkError(f"{path}: no instances")
     return out
@@ -82,9 +103,38 @@ def load_manifest(bench: str | Path) -> dict[str, dict]:
     path = Path(bench) / "manifest.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        return {row_key(r): r for r in csv.DictReader(f)}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row_key(r): r for r in csv.DictReader(f) if r.get("onnx") and r.get("vnnlib")}
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise BenchmarkError(f"{path}: unreadable manifest ({e})") from None
 
+
+def fingerprint(bench: str | Path, instances: list[Instance]) -> dict[str, str]:
+    """SHA-256 of every file the rows depend on: instances.csv, benchmark.json and
+    manifest.csv (when present), every ONNX and VNNLIB file (``missing`` when absent)."""
+    root = Path(bench)
+    names = [n for n in FINGERPRINTED if (root / n).is_file()]
+    for inst in instances:
+        names += [inst.onnx, inst.vnnlib]
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in out:
+            try:
+                out[name] = hash_file(root / name)
+            except FileNotFoundError:
+                out[name] = "missing"
+            except OSError as e:
+                raise BenchmarkError(f"{root / name}: cannot read ({e.strerror or e})") from None
+    return out
+
+
+def fingerprint_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """What differs between two fingerprints, one phrase per file."""
+    out = [f"{n} changed" for n in old if n in new and old[n] != new[n]]
+    out += [f"{n} is new" for n in new if n not in old]
+    out += [f"{n} is gone" for n in old if n not in new]
+    return out
 
 
 # ---- the run spec -------------------------------------------------------------------
@@ -100,6 +150,7 @@ class RunSpec:
     created: str
     profile: dict = dataclasses.field(default_factory=dict)  # the backend's resolved profile (options applied)
     toolkit_version: str = __version__
+    fingerprint: dict = dataclasses.field(default_factory=dict)  # file -> SHA-256 (see fingerprint())
 
     def save(self, run_dir: Path) -> None:
         atomic_write_text(run_dir / RUN_FILE, json.dumps(dataclasses.asdict(self), indent=2, default=str))
@@ -107,17 +158,57 @@ class RunSpec:
     @classmethod
     def load(cls, run_dir: Path) -> "RunSpec":
         try:
-            return cls(**json.loads((run_dir / RUN_FILE).read_text()))
+            data = json.loads((run_dir / RUN_FILE).read_text())
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"{run_dir}: unreadable {RUN_FILE} ({e})") from None
 
 
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock`` for as long as one process works on a run
+    folder: a second ``verify`` (a fresh run beside a ``--resume``) is refused, naming the
+    holder. The kernel drops the lock when its holder dies, kill -9 included."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"{self.path.parent}: cannot lock the run folder ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent}: another usnprune verify ({holder}) is working on this run folder; "
+                              f"wait for it to end or choose another --out") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict, timeout: float | None,
-                resume: bool, profile: dict) -> RunSpec:
-    """Create or reopen the run folder; refuses to mix runs. ``profile`` is the backend's
-    resolved profile, recorded so that every worker builds the same backend."""
+                resume: bool, profile: dict, prints: dict[str, str] | None = None) -> RunSpec:
+    """Create or reopen the run folder (the caller holds its :class:`RunLock`); refuses to
+    mix runs. ``profile`` is the backend's resolved profile, recorded so that every worker
+    builds the same backend; ``prints`` the benchmark's :func:`fingerprint`."""
     run_dir = Path(out)
     bench_abs = str(Path(bench).resolve())
+    prints = dict(prints or {})
     if (run_dir / RUN_FILE).is_file():
         spec = RunSpec.load(run_dir)
         if not resume:
@@ -129,19 +220,25 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
             raise ConfigError(f"{run_dir}: that run used timeout {spec.timeout} and options {spec.options}; "
                               f"resume it with the same (got timeout {timeout} and options {dict(options)})")
         if spec.profile != _plain(profile):
-            raise ConfigError(f"{run_dir}: the {backend} profile changed since that run started; "
+            keys = sorted(k for k in set(spec.profile) | set(_plain(profile))
+                          if spec.profile.get(k) != _plain(profile).get(k))
+            raise ConfigError(f"{run_dir}: the {backend} profile changed since that run started ({', '.join(keys)}); "
                               f"resume with the profile it used, or choose another --out")
+        if not spec.fingerprint:
+            raise ConfigError(f"{run_dir}: that run has no fingerprint of its benchmark (made by usnprune "
+                              f"{spec.toolkit_version}); it cannot be resumed safely: choose another --out")
+        changes = fingerprint_changes(spec.fingerprint, prints)
+        if changes:
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            raise ConfigError(f"{run_dir}: the benchmark changed since that run started: {'; '.join(changes[:3])}{more}; "
+                              f"its rows would describe other files: verify into a new --out")
         return spec
-    if run_dir.exists() and run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: folder exists and is not a usnprune run; choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"{run_dir}: the run folder is not writable")
     spec = RunSpec(bench_abs, backend, dict(options), timeout, uuid.uuid4().hex[:8],
-                   datetime.datetime.now().isoformat(timespec="seconds"), _plain(profile))
+                   datetime.datetime.now().isoformat(timespec="seconds"), _plain(profile), fingerprint=prints)
     spec.save(run_dir)
     return spec
 
@@ -152,9 +249,20 @@ def _plain(obj: dict) -> dict:
 
 
 def make_row(spec: RunSpec, backend_name: str, backend_version: str, inst: Instance, verdict: Verdict,
-             sample_violated: bool | None, manifest: dict[str, dict]) -> dict:
+             sample_violated: bool | None, manifest: dict[str, dict], cause: str | None = None,
+             check_time: float | None = None) -> dict:
+    """The result row of ``inst``. ``cause`` of an ``error``: ``instance`` (the backend's own
+    answer, or a file of the instance: not retried) or ``infrastructure`` (a dead worker, a
+    crashed backend, a killed process: ``--resume`` runs it again); default ``instance``."""
     m = manifest.get(inst.key, {})
-    cex = verdict.counterexample or (None, None)
+    cex = list(verdict.counterexample) if verdict.counterexample is not None else None
+    pair = cex if cex is not None and len(cex) == 2 else (None, None)  # (c, b): the keypoint case
+    if verdict.status == "error":
+        cause = cause or CAUSE_INSTANCE
+        if cause not in (CAUSE_INSTANCE, CAUSE_INFRASTRUCTURE):
+            raise ValueError(f"unknown error cause {cause!r}")
+    else:
+        cause = ""
     return {
         "run_id": spec.run_id, "backend": backend_name, "backend_version": backend_version,
         "onnx": inst.onnx, "vnnlib": inst.vnnlib, "category": m.get("category", Path(inst.onnx).parent.name),
@@ -163,15 +271,14 @@ def make_row(spec: RunSpec, backend_name: str, backend_version: str, inst: Insta
         "image": m.get("image_id", ""), "keypoint": m.get("keypoint", ""), "keypoint_name": m.get("keypoint_name", ""),
         "delta": m.get("delta", ""), "eps_c": m.get("eps_c", ""), "eps_b": m.get("eps_b", ""),
         "reference": m.get("reference", ""), "verdict": verdict.status, "time": round(float(verdict.time), 4),
-        "cex_c": cex[0], "cex_b": cex[1] if len(cex) > 1 else None, "sample_violated": sample_violated,
-        "message": verdict.message[-2000:],
+        "check_time": None if check_time is None else round(float(check_time), 4),
+        "cex_c": pair[0], "cex_b": pair[1], "cex": cex, "sample_violated": sample_violated,
+        "error_cause": cause, "message": verdict.message[-2000:],
     }
 
 
-
-def write_table(run_dir: Path, instances: list[Instance] | None = None, rows: dict[str, dict] | None = None) -> Path:
-    """RUN/instances.csv from the store (or its ``rows``, already read), in benchmark order
-    (atomic rewrite)."""
+def table(run_dir: Path, instances: list[Instance] | None = None, rows: dict[str, dict] | None = None):
+    """The run's rows as a DataFrame in benchmark order (``cex`` as a JSON list)."""
     import pandas as pd
 
     rows = ResultStore(run_dir).rows() if rows is None else rows
@@ -180,11 +287,13 @@ def write_table(run_dir: Path, instances: list[Instance] | None = None, rows: di
         recs = sorted(rows.values(), key=lambda r: order.get(row_key(r), 1 << 30))
     else:
         recs = sorted(rows.values(), key=lambda r: (r["onnx"], r["vnnlib"]))
+    recs = [dict(r, cex=json.dumps(r["cex"]) if isinstance(r.get("cex"), list) else r.get("cex")) for r in recs]
     df = pd.DataFrame(recs, columns=COLUMNS) if recs else pd.DataFrame(columns=COLUMNS)
-    path = run_dir / "instances.csv"
-    tmp = run_dir / "instances.csv.tmp"
-    df[COLUMNS].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return df[COLUMNS]
 
 
+def write_table(run_dir: Path, instances: list[Instance] | None = None, rows: dict[str, dict] | None = None) -> Path:
+    """RUN/instances.csv from the store (or its ``rows``, already read): :func:`table`,
+    rewritten atomically."""
+    df = table(run_dir, instances, rows)
+    return atomic_write(run_dir / "instances.csv", lambda tmp: df.to_csv(tmp, index=False))

@@ -8,7 +8,8 @@ experiment's own (which methods, which backends). So every setting has one defau
 one of its configuration type (``Stage.config``), and the command line reads the same.
 
 Each stage reads what the stages before it wrote under the experiment's ``out`` folder and
-writes into ``<out>/<stage>/``. Stages that produce many items (a network per seed, a pruned
+writes into ``<out>/<stage>/``; the folders are the experiment's, so train, prune and report
+run with ``force`` there (which still replaces only files usnprune wrote). Stages that produce many items (a network per seed, a pruned
 network per method x sparsity x seed) skip items that are already complete, so an
 interrupted run continues; ``--force`` redoes them. :class:`Context` is the one place that
 names every path and every network of an experiment.
@@ -32,7 +33,7 @@ from usnprune.pruner.models import CHECKPOINT_NAME, network_name
 from usnprune.pruner.prune import METHODS, PruneConfig
 from usnprune.pruner.train import TrainConfig
 from usnprune.system import progress_enabled
-from usnprune.verifier_specs.base import load_backend
+from usnprune.verifier_specs.base import load_backend, resolve_profile
 
 from .report import report
 from .runfolder import RUN_FILE
@@ -104,6 +105,11 @@ class VerifySection:
 
     def check(self, where: str) -> None:
         require(len(self.backends) >= 1, f"{where}.backends", "give at least one backend")
+        for name in self.backends:  # an unknown name is a typo, never "not installed here"
+            try:
+                resolve_profile(name)
+            except ConfigError as e:
+                raise ConfigError(f"{where}.backends: {e}") from None
 
 
 @dataclasses.dataclass
@@ -185,7 +191,7 @@ def stage_train(ctx: Context, _sec, cfg: TrainConfig) -> None:
             ctx.log(f"  seed {seed}: {ctx.dense_checkpoint(seed)} exists")
             continue
         metrics = train(dataclasses.replace(cfg, seed=seed, data=str(ctx.data_dir),
-                                            out=str(ctx.dense_checkpoint(seed).parent)), log=ctx.log)
+                                            out=str(ctx.dense_checkpoint(seed).parent)), log=ctx.log, force=True)
         ctx.log(f"  seed {seed}: dense network, clean {_fmt_metrics(metrics['test'])}")
 
 
@@ -212,7 +218,6 @@ def _fmt_metrics(m: dict) -> str:
 
 def stage_prune(ctx: Context, _sec: PruneSection, cfg: PruneConfig) -> None:
     import pandas as pd
-
     from usnprune.pruner.prune import prune
 
     rows = []
@@ -222,7 +227,8 @@ def stage_prune(ctx: Context, _sec: PruneSection, cfg: PruneConfig) -> None:
             rep = json.loads(report_path.read_text())
         else:
             rep = prune(dataclasses.replace(cfg, checkpoint=str(ctx.dense_checkpoint(seed)), data=str(ctx.data_dir),
-                                            out=str(folder), method=method, sparsity=sparsity, seed=seed), log=ctx.log)
+                                            out=str(folder), method=method, sparsity=sparsity, seed=seed), log=ctx.log,
+                        force=True)
         rows.append({"method": method, "sparsity": sparsity, "seed": seed, "folder": str(folder),
                      "units": rep["units_after"], "parameters": rep["parameters"], "flops": rep["flops"],
                      "fidelity_px": rep["fidelity_px"], "prune_seconds": rep["prune_seconds"], **rep["test"]})
@@ -257,7 +263,7 @@ def stage_report(ctx: Context, sec: ReportSection, _cfg) -> None:
     runs = ctx.verify_runs()
     if not runs:
         raise ConfigError("report: no verify run to report on")
-    res = report(runs, ctx.stage_dir("report"), sheets=sec.sheets, log=ctx.log)
+    res = report(runs, ctx.stage_dir("report"), sheets=sec.sheets, log=ctx.log, force=True)
     if res["problems"]:
         raise ConfigError("report: certified PCK above the empirical ceiling: " + "; ".join(res["problems"]))
 

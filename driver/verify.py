@@ -1,9 +1,12 @@
 """``usnprune verify``: a benchmark folder in, a run folder with one row per instance out.
 
 The command layer of verification: it checks the arguments, resolves the backend once,
-creates or reopens the run folder (driver/runfolder.py), hands the instances without a row
-to an executor (driver/dispatch.py), and summarises. Whether a verdict stands is decided by
-the trust layer (:mod:`usnprune.verifier_specs.trust`) inside every worker.
+fingerprints the benchmark and checks its inputs (a fresh run refuses an empty or
+unbounded VNNLIB box, a NaN/infinite threshold, an ONNX model with a NaN/infinite weight,
+naming the file), locks and creates or reopens the run folder (driver/runfolder.py), hands
+the instances without a final row to an executor (driver/dispatch.py), and summarises.
+Whether a verdict stands is decided by the trust layer
+(:mod:`usnprune.verifier_specs.trust`) inside every worker.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 from usnprune.config import from_dict, require
-from usnprune.verifier_specs.base import STATUSES, load_backend
+from usnprune.errors import ConfigError
+from usnprune.export.vnnlib import parse_file
+from usnprune.files import atomic_write_text
+from usnprune.verifier_specs.base import STATUSES, Instance, load_backend
+from usnprune.verifier_specs.trust import check_onnx, check_property
 
 from . import dispatch
-from .runfolder import load_instances, prepare_run, write_table
+from .runfolder import LOCK_FILE, RUN_FILE, RunLock, RunSpec, fingerprint, load_instances, prepare_run, write_table
 from .slurm import parse_options
-from .store import ResultStore
+from .store import CAUSE_INFRASTRUCTURE, ResultStore
 
 
 @dataclasses.dataclass
@@ -58,6 +65,30 @@ def verify(bench: str | Path, out: str | Path, resume: bool = False, log: Callab
     return run_verify(bench, out, cfg, resume, log)
 
 
+def check_inputs(instances: list[Instance]) -> None:
+    """Refuse a benchmark whose files cannot be verified meaningfully (trust layer), naming
+    the first bad file. A missing or unparsable file is refused too: every instance of a
+    fresh run must be one a verifier can answer."""
+    seen: set[str] = set()
+    for inst in instances:
+        for kind, rel, check in (("ONNX", inst.onnx, _check_onnx), ("VNNLIB", inst.vnnlib, _check_vnnlib)):
+            if rel in seen:
+                continue
+            seen.add(rel)
+            path = inst.root / rel
+            if not path.is_file():
+                raise ConfigError(f"{inst.root / 'instances.csv'}: {rel}: no such {kind} file")
+            check(path, rel)
+
+
+def _check_onnx(path, rel: str) -> None:
+    check_onnx(str(path))
+
+
+def _check_vnnlib(path, rel: str) -> None:
+    check_property(parse_file(path), str(path))
+
+
 def run_verify(bench: str | Path, out: str | Path, cfg: VerifyConfig, resume: bool = False,
                log: Callable[[str], None] = print) -> dict:
     backend, timeout, executor = cfg.backend, cfg.timeout, cfg.executor
@@ -66,17 +97,54 @@ def run_verify(bench: str | Path, out: str | Path, cfg: VerifyConfig, resume: bo
     probe = load_backend(backend, **options)  # unknown backend/profile: fail before creating anything
     probe.check_available()
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a folder")
+    prints = fingerprint(bench, instances)
+    earlier = _earlier_fingerprint(run_dir)
+    if earlier != prints:  # a fresh run, or a changed benchmark that prepare_run will name
+        check_inputs(instances)
+    if run_dir.is_dir() and not (run_dir / RUN_FILE).exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise ConfigError(f"--out {run_dir}: folder exists and is not a usnprune run; choose another --out")
     dispatch.preflight(executor, run_dir, executor_options, log)  # e.g. no Slurm: before the run folder exists
-    spec = prepare_run(bench, run_dir, backend, options, timeout, resume, probe.resolved())
-    finished = ResultStore(run_dir).finished_keys()
+    made = not run_dir.exists()
+    lock_made = not (run_dir / LOCK_FILE).exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {run_dir}: cannot create the run folder ({e.strerror or e})") from None
+    try:
+        with RunLock(run_dir):
+            return _run_locked(bench, run_dir, cfg, resume, log, instances, probe, prints)
+    except BaseException:
+        if not (run_dir / RUN_FILE).exists():  # refused before anything was written: leave no trace
+            if lock_made:
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            if made and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+
+
+def _earlier_fingerprint(run_dir: Path) -> dict | None:
+    try:
+        return RunSpec.load(run_dir).fingerprint if (run_dir / RUN_FILE).is_file() else None
+    except ConfigError:
+        return None
+
+
+def _run_locked(bench, run_dir: Path, cfg: VerifyConfig, resume: bool, log, instances, probe, prints) -> dict:
+    spec = prepare_run(bench, run_dir, cfg.backend, cfg.options, cfg.timeout, resume, probe.resolved(), prints)
+    store = ResultStore(run_dir)
+    finished = store.finished_keys()
     todo = [i for i in instances if i.key not in finished]
+    retried = sum(1 for i in todo if i.key in store.rows())
     log(f"verify {bench} with {probe.name} ({probe.version()}): {len(instances)} instances, "
-        f"{len(instances) - len(todo)} already done, {len(todo)} to run")
+        f"{len(instances) - len(todo)} already done, {len(todo)} to run"
+        + (f" ({retried} after an infrastructure error)" if retried else ""))
     t0 = time.perf_counter()
     if todo:
-        dispatch.execute(executor, spec, run_dir, todo, workers=cfg.workers, chunk_size=cfg.chunk_size,
-                         options=executor_options, log=log)
-    rows = ResultStore(run_dir).rows()
+        dispatch.execute(cfg.executor, spec, run_dir, todo, workers=cfg.workers, chunk_size=cfg.chunk_size,
+                         options=cfg.executor_options, log=log)
+    rows = store.rows()
     write_table(run_dir, instances, rows)
     keys = {i.key for i in instances}
     rows = {k: r for k, r in rows.items() if k in keys}  # this benchmark's rows only
@@ -84,11 +152,14 @@ def run_verify(bench: str | Path, out: str | Path, cfg: VerifyConfig, resume: bo
     for r in rows.values():
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     missing = len(instances) - len(rows)
+    infra = sum(1 for r in rows.values() if r["verdict"] == "error" and r.get("error_cause") == CAUSE_INFRASTRUCTURE)
     alarms = sum(1 for r in rows.values() if str(r.get("message", "")).startswith("SOUNDNESS ALARM"))
     log(f"{len(rows)}/{len(instances)} instances have results in {time.perf_counter() - t0:.1f} s: "
         + ", ".join(f"{k} {v}" for k, v in counts.items() if v) + (f"; {missing} missing (run again with --resume)" if missing else "")
+        + (f"; {infra} errors of the infrastructure (--resume runs them again)" if infra else "")
         + (f"; {alarms} SOUNDNESS ALARMS" if alarms else ""))
-    return {"counts": counts, "missing": missing, "alarms": alarms, "run_dir": str(run_dir)}
+    return {"counts": counts, "missing": missing, "alarms": alarms, "infrastructure_errors": infra,
+            "run_dir": str(run_dir)}
 
 
 def compare_runs(a: dict[str, dict], b: dict[str, dict]) -> dict:
@@ -113,5 +184,5 @@ def cross_check(bench: str | Path, out: str | Path, backends: list[str], timeout
         result[name] = cmp
         log(f"cross-check {name}: {cmp['both_decided']} instances decided by both, {cmp['agree']} agree"
             + (f", {len(cmp['disagree'])} DISAGREE: {cmp['disagree'][:5]}" if cmp["disagree"] else ""))
-    (Path(out) / "crosscheck.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(Path(out) / "crosscheck.json", json.dumps(result, indent=2))
     return result

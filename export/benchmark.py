@@ -14,8 +14,10 @@ Layout (docs/formats.md)::
 
 The folder is built in a temporary sibling and renamed into place, so an interrupted export
 never leaves a folder that looks complete. An existing folder is only written into with
-``force``; then only files an earlier export wrote (listed in its benchmark.json) are
-replaced, never anything else.
+``force``; then only files an earlier export wrote (listed in its benchmark.json, each entry
+checked to be a relative path that resolves inside the folder) are replaced or removed,
+and a file of ours that would land on one it did not write (a user's README.md) is refused.
+Category names are plain names (letters, digits, ``._+-``), never paths.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,10 +35,10 @@ from typing import Callable, Literal
 import numpy as np
 import onnx
 from tqdm import tqdm
-
 from usnprune import __version__
 from usnprune.config import require
 from usnprune.errors import UsnpruneError
+from usnprune.files import PathError, inside, safe_relative
 from usnprune.pruner import perturbation
 from usnprune.pruner.models import network_name
 
@@ -43,6 +46,8 @@ from . import onnx_model
 from .templates import generate_properties as gp
 
 BENCHMARK_FILE = "benchmark.json"
+FIXED_FILES = ("instances.csv", "manifest.csv", BENCHMARK_FILE, "properties.npz", "generate_properties.py", "README.md")
+CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name under onnx/ and vnnlib/, never a path
 
 
 class BenchmarkError(UsnpruneError):
@@ -79,6 +84,14 @@ class ExportConfig:
             require(len(self.categories) == len(self.checkpoints), f"{where}.categories",
                     "give one category name per checkpoint")
             require(len(set(self.categories)) == len(self.categories), f"{where}.categories", "names repeat")
+            for name in self.categories:
+                check_category(name, f"{where}.categories")
+
+
+def check_category(name: str, where: str = "category") -> None:
+    """A category is one folder name under onnx/ and vnnlib/: letters, digits, ``._+-``."""
+    require(bool(CATEGORY.fullmatch(str(name))) and ".." not in str(name), where,
+            f"{name!r} is not a category name (letters, digits and ._+- only, not starting with one of ._+-)")
 
 
 def category_name(meta: dict, fallback: str) -> str:
@@ -90,23 +103,42 @@ def category_name(meta: dict, fallback: str) -> str:
 
 
 def _prepare_target(out: Path, force: bool) -> list[str]:
-    """Check the output folder; returns files an earlier export wrote (to be replaced)."""
+    """Check the output folder; returns the files an earlier export wrote (to be replaced),
+    each entry of its benchmark.json checked to lie inside the folder."""
     if out.exists() and not out.is_dir():
-        raise BenchmarkError(f"{out}: exists and is not a folder")
+        raise BenchmarkError(f"--out {out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return []
     marker = out / BENCHMARK_FILE
-    ours = []
+    ours: list[str] = []
     if marker.is_file():
         try:
-            ours = list(json.loads(marker.read_text()).get("files", []))
-        except (ValueError, OSError):
-            ours = []
+            listed = json.loads(marker.read_text()).get("files", [])
+        except (ValueError, OSError, AttributeError, UnicodeDecodeError):
+            raise BenchmarkError(f"--out {out}: its {BENCHMARK_FILE} is unreadable; usnprune cannot tell which files "
+                                 f"it wrote there: choose another --out") from None
+        for rel in listed if isinstance(listed, list) else ["(not a list)"]:
+            try:
+                inside(out, rel, f"{marker}: lists")
+                ours.append(safe_relative(rel))
+            except PathError as e:
+                raise BenchmarkError(f"{e}; refusing to replace anything in {out}") from None
     if not force:
         what = "an earlier benchmark" if marker.is_file() else "other content"
-        raise BenchmarkError(f"{out}: folder exists with {what}; pass --force to write into it "
+        raise BenchmarkError(f"--out {out}: folder exists with {what}; pass --force to write into it "
                              f"(only files usnprune wrote are replaced)")
+    _refuse_foreign(out, FIXED_FILES, ours)
     return ours
+
+
+def _refuse_foreign(out: Path, files, ours: list[str]) -> None:
+    """Refuse when a file of ours would land on one the earlier export did not write."""
+    listed = set(ours)
+    for rel in files:
+        p = inside(out, rel, f"--out {out}:")
+        if (p.exists() or p.is_symlink()) and safe_relative(rel) not in listed:
+            raise BenchmarkError(f"--out {out}: {rel} exists and usnprune did not write it (not in {BENCHMARK_FILE}); "
+                                 f"it is not replaced even with --force: move it away or choose another --out")
 
 
 def _writable_parent(out: Path) -> Path:
@@ -137,6 +169,8 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
         name = cfg.categories[i] if cfg.categories else category_name(meta, Path(ck).parent.name or f"net{i}")
         nets.append((ck, model, meta, name))
     names = [n[3] for n in nets]
+    for name in names:
+        check_category(name, "--category")
     if len(set(names)) != len(names):
         raise BenchmarkError(f"two checkpoints would share a category name ({', '.join(names)}); pass categories")
     size = nets[0][1].arch.input_size
@@ -150,6 +184,10 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
     labelled = np.flatnonzero((np.asarray(ds.flags) >= 1).any(axis=1))
     if len(labelled) == 0:
         raise BenchmarkError(f"{cfg.data}: no {cfg.split} image has a labelled keypoint")
+    for flag, want in (("--images", cfg.images), ("--pool", cfg.pool)):
+        if want is not None and want > len(labelled):
+            raise BenchmarkError(f"{flag} {want}: the {cfg.split} split of {cfg.data} has only {len(labelled)} "
+                                 f"images with a labelled keypoint")
     n_pool = min(len(labelled), cfg.pool or 2 * cfg.images)
     rng = np.random.default_rng(cfg.seed)
     pool = np.sort(rng.choice(labelled, size=n_pool, replace=False))
@@ -219,25 +257,29 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
 
 def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None:
     """Move the finished folder into place: a rename when ``out`` is new or empty; else
-    remove what an earlier export wrote, move the new files in, the marker last."""
+    check that no new file lands on one the earlier export did not write, remove what it
+    wrote (instances.csv and the marker first, so a kill leaves no folder that looks
+    complete), move the new files in, instances.csv and the marker last. Every path is
+    checked to lie inside ``out``."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
         return
+    _refuse_foreign(out, files + [BENCHMARK_FILE], replace)
     for rel in [BENCHMARK_FILE, "instances.csv"] + [r for r in replace if r not in (BENCHMARK_FILE, "instances.csv")]:
-        p = out / rel
-        if p.is_file():
+        p = inside(out, rel, f"--out {out}:")
+        if p.is_file() or p.is_symlink():
             p.unlink()
     for rel in files:
         if rel == "instances.csv":
             continue
-        dst = out / rel
+        dst = inside(out, rel, f"--out {out}:")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / rel, dst)
-    os.replace(tmp / "instances.csv", out / "instances.csv")
-    os.replace(tmp / BENCHMARK_FILE, out / BENCHMARK_FILE)
-    shutil.rmtree(tmp, ignore_errors=True)
+    os.replace(tmp / "instances.csv", inside(out, "instances.csv"))
+    os.replace(tmp / BENCHMARK_FILE, inside(out, BENCHMARK_FILE))
+    shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
 
 
 def _readme(meta: dict, stats: dict) -> str:

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 
 from usnprune.config import ConfigError, from_dict, require, to_dict
 from usnprune.errors import CheckpointError
+from usnprune.files import atomic_write
 
 CHECKPOINT_FORMAT = "usnprune-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -314,10 +314,7 @@ def save_checkpoint(path: str | Path, model: KeypointNet, meta: dict | None = No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, p)
-    return p
+    return atomic_write(p, lambda tmp: torch.save(blob, tmp))  # a full disk leaves no model.pt.tmp
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[KeypointNet, dict]:
@@ -327,8 +324,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Keypoi
         raise CheckpointError(f"{p}: no such checkpoint")
     try:
         blob = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # torch raises many types for a corrupt file (an empty one: an empty message)
+        first = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
+        raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a usnprune checkpoint (no 'format: {CHECKPOINT_FORMAT}')")
     if blob.get("version") != CHECKPOINT_VERSION:
@@ -349,11 +347,15 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Keypoi
             f"{p}: architecture does not match weights (missing {missing[:3]}, unexpected {extra[:3]})"
         )
     for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{p}: state_dict entry {k} is not a tensor")
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(
                 f"{p}: architecture does not match weights: {k} has shape {tuple(v.shape)}, "
                 f"the architecture needs {tuple(own[k].shape)}"
             )
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{p}: weight {k} holds NaN or infinite values; refused")
     model.load_state_dict(sd)
     model.eval()
     return model, dict(blob.get("meta") or {})

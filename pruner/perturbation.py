@@ -27,6 +27,8 @@ def check_eps(eps_c: float, eps_b: float, where: str) -> None:
         require(isinstance(v, (int, float)) and bool(np.isfinite(v)), f"{where}.{name}", f"expected a finite number, got {v!r}")
         require(v >= 0, f"{where}.{name}", f"must be >= 0, got {v}")
     require(eps_c < 1, f"{where}.eps_c", f"must be < 1 (the contrast must stay positive), got {eps_c}")
+    # beyond 2 every pixel saturates whatever the contrast (c x < 2), and float32 overflows near 1e38
+    require(eps_b <= 2, f"{where}.eps_b", f"must be <= 2 (a larger brightness saturates every pixel), got {eps_b}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 
 from usnprune.config import from_dict, require, to_dict
 from usnprune.errors import ConfigError
+from usnprune.files import OutputFolder
 
 from . import perturbation
 from .importance import get_importance, make_calibration
@@ -42,10 +43,12 @@ from .models import (
     save_checkpoint,
 )
 from .surgery import keep_from_remove, prune_units
-from .train import AugmentConfig, OptimConfig, fit, label_mask, resolve_device, seed_everything
+from .train import AugmentConfig, OptimConfig, check_finite, fit, label_mask, resolve_device, seed_everything
 from .wasserstein import pooled, usn_gate_penalty, w1_to_target
 
 METHODS = ("none", "random", "magnitude", "activation", "usn", "usn_w")
+OUTPUTS = (CHECKPOINT_NAME, "report.json", "layers.csv", "keypoints.csv")  # what prune writes
+ANALYSIS = ("analysis.csv", "analysis.png")  # what prune --analyze-only writes
 GATED = ("usn", "usn_w")
 
 
@@ -186,7 +189,7 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
                       cfg: PruneConfig, log: Callable[[str], None] = print) -> tuple[KeypointNet, list[dict]]:
     """Run the schedule; returns the pruned network (gates folded) and one row per step."""
     gen = seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device")
     box = cfg.perturbation
     sch = cfg.schedule
     widths0 = model.widths()
@@ -276,29 +279,41 @@ def layer_table(dense: KeypointNet, pruned: KeypointNet) -> list[dict]:
              "removed_share": 1 - after[n] / before[n]} for n in before]
 
 
-def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
-    """Prune ``cfg.checkpoint``; writes ``out/model.pt``, ``out/report.json``, ``out/layers.csv``."""
+def check_keypoints(model: KeypointNet, ds, checkpoint, data) -> None:
+    """Refuse a network whose keypoint count differs from the dataset's."""
+    if model.arch.num_keypoints != len(ds.keypoint_names):
+        raise ConfigError(f"{checkpoint}: the network predicts {model.arch.num_keypoints} keypoints, "
+                          f"the data {data} has {len(ds.keypoint_names)}")
+
+
+def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = False) -> dict:
+    """Prune ``cfg.checkpoint``; writes ``out/model.pt``, ``out/report.json``,
+    ``out/layers.csv`` and ``out/keypoints.csv`` together at the end (usnprune.files.OutputFolder:
+    never over its input checkpoint; an existing file only with ``force`` and only when usnprune
+    wrote it)."""
     import pandas as pd
 
     from .data.coco import load_split
     from .evaluate import evaluate, predict
 
+    folder = OutputFolder(cfg.out, "prune", force, flag="out", inputs=[cfg.checkpoint])
+    folder.claim(OUTPUTS)  # before minutes of pruning
     dense, meta = load_checkpoint(cfg.checkpoint)
     if not dense.widths():
         raise ConfigError(f"{cfg.checkpoint}: the network has no prunable layer")
     size = dense.arch.input_size
     train_ds = load_split(cfg.data, "train", size)
+    check_keypoints(dense, train_ds, cfg.checkpoint, cfg.data)
     if cfg.max_train is not None and cfg.max_train < len(train_ds):
         train_ds = train_ds.subset(np.arange(cfg.max_train))
     test_ds = load_split(cfg.data, "test", size)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     log(f"pruning {cfg.checkpoint} with {cfg.method} to sparsity {cfg.sparsity:g} ({cfg.ranking} ranking)")
     t0 = time.perf_counter()
     pruned, history = progressive_prune(
         dense, torch.as_tensor(train_ds.images), torch.as_tensor(train_ds.keypoints),
         torch.as_tensor(label_mask(train_ds)), cfg, log)
     seconds = time.perf_counter() - t0
+    check_finite(pruned, f"prune {cfg.out}", f"Lower optim.lr (it is {cfg.optim.lr:g}) or schedule.gate_lr.")
     dense, _ = load_checkpoint(cfg.checkpoint)  # progressive_prune trained the object in place
     box = cfg.perturbation
     res = evaluate(pruned, test_ds, deltas=cfg.eval_deltas, box=box, grid=cfg.eval_grid)
@@ -327,34 +342,38 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print) -> dict:
     }
     new_meta = dict(meta, method=cfg.method, sparsity=cfg.sparsity, seed=cfg.seed, dense_hash=report["dense_hash"],
                     prune_config=to_dict(cfg))
-    save_checkpoint(out / CHECKPOINT_NAME, pruned, new_meta)
-    pd.DataFrame(layer_table(dense, pruned)).to_csv(out / "layers.csv", index=False)
     from .evaluate import metrics_table
 
-    metrics_table(res, {"method": cfg.method, "sparsity": cfg.sparsity}).to_csv(out / "keypoints.csv", index=False)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    with folder.staging(OUTPUTS) as stage:
+        save_checkpoint(stage.path(CHECKPOINT_NAME), pruned, new_meta)
+        pd.DataFrame(layer_table(dense, pruned)).to_csv(stage.path("layers.csv"), index=False)
+        metrics_table(res, {"method": cfg.method, "sparsity": cfg.sparsity}).to_csv(stage.path("keypoints.csv"),
+                                                                                     index=False)
+        stage.path("report.json").write_text(json.dumps(report, indent=2))
     log(f"  {cfg.method} @ {cfg.sparsity:g}: {units1}/{units0} units, {report['parameters']:,} parameters, "
         f"fidelity {fidelity:.3f} px, " + ", ".join(f"{k} {v:.3f}" for k, v in res["overall"].items() if "pck" in k))
     return report
 
 
 def analyze(checkpoint: str, data: str, out: str, box: perturbation.Box = perturbation.Box(), images: int = 64,
-            perturbations: int = 16, seed: int = 0) -> list[dict]:
+            perturbations: int = 16, seed: int = 0, force: bool = False) -> list[dict]:
     """The layer analysis (``usnprune prune --analyze-only``): CSV + plot."""
     import pandas as pd
 
     from .data.coco import load_split
     from .importance import layer_analysis
 
+    folder = OutputFolder(out, "prune --analyze-only", force, flag="out", inputs=[checkpoint])
+    folder.claim(ANALYSIS)
     model, _ = load_checkpoint(checkpoint)
     ds = load_split(data, "train", model.arch.input_size)
+    check_keypoints(model, ds, checkpoint, data)
     calib = make_calibration(ds.images, box, images, perturbations, seed)
     rows = layer_analysis(model, calib)
-    o = Path(out)
-    o.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    df.to_csv(o / "analysis.csv", index=False)
-    _plot_analysis(df, o / "analysis.png")
+    with folder.staging(ANALYSIS) as stage:
+        df.to_csv(stage.path("analysis.csv"), index=False)
+        _plot_analysis(df, stage.path("analysis.png"))
     return rows
 
 

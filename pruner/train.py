@@ -11,7 +11,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -20,9 +19,23 @@ from torch import nn
 from tqdm import tqdm
 
 from usnprune.config import from_dict, require, to_dict
+from usnprune.errors import ConfigError, UsnpruneError
+from usnprune.files import OutputFolder
 
 from . import perturbation
-from .models import CHECKPOINT_NAME, KeypointNet, arch_from, count_parameters, save_checkpoint
+from .models import (
+    CHECKPOINT_NAME,
+    KeypointNet,
+    arch_from,
+    count_parameters,
+    save_checkpoint,
+)
+
+OUTPUTS = (CHECKPOINT_NAME, "train_metrics.json", "history.csv")  # what train writes into its out folder
+
+
+class TrainingError(UsnpruneError):
+    """Training produced something that must not be saved (NaN weights)."""
 
 
 @dataclasses.dataclass
@@ -76,10 +89,24 @@ class TrainConfig:
             require(self.max_train >= 1, f"{where}.max_train", "must be >= 1")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, where: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}: {name!r}, but torch sees no CUDA device here (use cpu or auto)")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(f"{where}: {name!r}, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+def check_finite(model: nn.Module, what: str, hint: str) -> None:
+    """Refuse a network with a NaN or infinite weight (a diverged training): ``hint`` says
+    which setting to change."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingError(f"{what}: the weights became NaN or infinite ({name}); nothing was saved. {hint}")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -189,15 +216,17 @@ def fit(
     return history
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Train a network as configured; writes ``out/model.pt`` and ``out/train_metrics.json``."""
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = False) -> dict:
+    """Train a network as configured; writes ``out/model.pt``, ``out/train_metrics.json`` and
+    ``out/history.csv`` together at the end (usnprune.files.OutputFolder: an existing file is
+    replaced only with ``force``, and only when an earlier usnprune command wrote it)."""
     from .data.coco import load_split
     from .evaluate import evaluate
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(cfg.out, "train", force, flag="out")
+    folder.claim(OUTPUTS)  # before minutes of training
     gen = seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device")
     train_ds = load_split(cfg.data, "train", cfg.input_size)
     if cfg.max_train is not None and cfg.max_train < len(train_ds):
         train_ds = train_ds.subset(np.arange(cfg.max_train))
@@ -213,6 +242,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     history = fit(model, images, kps, mask, cfg.optim, cfg.augment, gen, device, desc=f"train {arch.name}")
     seconds = time.perf_counter() - t0
     model.cpu()
+    check_finite(model, f"train {cfg.out}", f"Lower optim.lr (it is {cfg.optim.lr:g}).")
     clean = evaluate(model, test_ds, deltas=cfg.eval_deltas, box=None)
     meta = {
         "keypoint_names": list(train_ds.keypoint_names),
@@ -223,7 +253,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "method": "dense",
         "sparsity": 0.0,
     }
-    save_checkpoint(out / CHECKPOINT_NAME, model, meta)
     metrics = {
         "arch": arch.name,
         "parameters": count_parameters(model),
@@ -231,10 +260,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         "final_loss": history[-1]["task"] if history else None,
         "test": clean["overall"],
     }
-    (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
     import pandas as pd
 
-    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    with folder.staging(OUTPUTS) as stage:
+        save_checkpoint(stage.path(CHECKPOINT_NAME), model, meta)
+        stage.path("train_metrics.json").write_text(json.dumps(metrics, indent=2))
+        pd.DataFrame(history).to_csv(stage.path("history.csv"), index=False)
     return metrics
 
 

@@ -3,8 +3,10 @@
 Every child gets its own session (so its own process group): on overrun, or when the
 caller gives up, the whole group is killed with SIGKILL by its id -- never by name -- so
 helpers it spawned die with it. On Linux the child also gets SIGKILL when the process that
-started it dies (``PR_SET_PDEATHSIG``), so an executor killing a worker takes the worker's
-verifier along.
+started it dies (``PR_SET_PDEATHSIG``; strictly, when the *thread* that started it ends, so
+start children from a thread that lives as long as they should), so an executor killing a
+worker takes the worker's verifier along; :func:`die_with_parent` does the same for a
+process started otherwise (the local executor's workers).
 
 * :func:`run_limited` -- run to completion (or the limit), capture stdout and stderr;
 * :class:`Process` -- follow a long-running tool line by line as it prints, with a tail of
@@ -26,24 +28,40 @@ from pathlib import Path
 from typing import Callable
 
 
-def _pdeathsig() -> Callable[[], None] | None:
-    """A preexec function making the child receive SIGKILL when its parent dies (Linux)."""
+def _prctl():
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
-    def setup() -> None:
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
-    return setup
+_PRCTL = _prctl()
 
 
-_PREEXEC = _pdeathsig()
+def die_with_parent(parent_pid: int | None) -> bool:
+    """Make this process receive SIGKILL when its parent dies (Linux ``PR_SET_PDEATHSIG``);
+    if the parent ``parent_pid`` is already gone (it died before this call), exit at once.
+    Returns whether the kernel will do it (False elsewhere: then callers rely on their pipes)."""
+    ok = _PRCTL is not None and _PRCTL(1, signal.SIGKILL, 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # orphaned between the fork and the prctl: the signal will never come
+    return ok
+
+
+def _preexec() -> Callable[[], None] | None:
+    """A preexec function making the child die with the process that starts it (Linux);
+    run in the child between fork and exec."""
+    if _PRCTL is None:
+        return None
+    parent = os.getpid()
+    return lambda: die_with_parent(parent)
+
+
+
 
 
 def spawn(cmd: list[str], *, cwd=None, env: dict | None = None, merge_stderr: bool = False) -> subprocess.Popen:
@@ -51,7 +69,7 @@ def spawn(cmd: list[str], *, cwd=None, env: dict | None = None, merge_stderr: bo
     return subprocess.Popen(
         cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, start_new_session=True,
-        preexec_fn=_PREEXEC, text=True, errors="replace", bufsize=1)
+        preexec_fn=_preexec(), text=True, errors="replace", bufsize=1)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -4,14 +4,22 @@ Every ``falsified`` verdict of every backend goes through :func:`replay` before 
 believes it (a failed replay becomes an ``error`` row). The check is the VNN-COMP one, run
 on the real ONNX file with onnxruntime in float32, never on a verifier's own arithmetic:
 
-1. ``x`` must lie in some disjunct's input box. Verifiers report float32 inputs (alpha-
-   beta-CROWN's -0.1 comes back as -0.10000000149011612, 1.5e-9 outside the box), so a point
-   within ``tol`` of a box is first clamped into it; the clamped point is what is replayed
-   and returned.
+1. ``x`` must lie within ``tol`` of some disjunct's input box. Verifiers report float32
+   inputs (alpha-beta-CROWN's -0.1 comes back as -0.10000000149011612, 1.5e-9 outside the
+   box), so a point within ``tol`` is accepted as a *claim* and moved into the box: clamped,
+   then rounded to the float32 value nearest to it on the inside of every bound
+   (:func:`float32_inside`). That float32 point is what is run and returned, so the stored
+   counterexample lies in the box exactly, with no tolerance, and is exactly the network's
+   input (float32(-0.45) = -0.449999988 would sit 1.2e-8 outside ``X <= -0.45``).
 2. ``y = onnxruntime(x)`` (float32 in, output read back as float64).
 3. ``y`` must satisfy every row of that disjunct: ``A @ y <= b``, strictly ``<`` for strict
    rows. No tolerance on the output side: a point on the wrong side of the boundary by any
    amount is not a counterexample.
+
+The input tolerance is :data:`REPLAY_TOL` = 1e-4, VNN-COMP's: it only decides which claimed
+points are taken up at all (a verifier's point 1e-4 outside is as good a starting point as
+VNN-COMP accepts); it never lets a point outside the box be believed, because the replayed
+point is the one inside (step 1). A point farther out is refused (an ``error`` row).
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-
 from usnprune.export.vnnlib import Property
 
 
@@ -75,7 +82,24 @@ def evaluate(sess, x: np.ndarray, n_outputs: int | None = None) -> np.ndarray:
     return y
 
 
-def replay(model: Any, prop: Property, x, tol: float = 1e-6) -> ReplayResult:
+REPLAY_TOL = 1e-4  # VNN-COMP's input tolerance (see the module docstring)
+
+
+def float32_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``x`` (already within [lower, upper]) as float32 values that lie in [lower, upper]:
+    each coordinate rounded to float32, then stepped one float32 toward the inside when the
+    rounding left the box (float64 copy). Where no float32 fits a bound pair, the nearest."""
+    x = np.asarray(x, dtype=np.float64)
+    f = x.astype(np.float32)
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    below = f.astype(np.float64) < lo
+    f = np.where(below, np.nextafter(f, np.float32(np.inf)), f)
+    above = f.astype(np.float64) > hi
+    f = np.where(above, np.nextafter(f, np.float32(-np.inf)), f)
+    return f.astype(np.float64)
+
+
+def replay(model: Any, prop: Property, x, tol: float = REPLAY_TOL) -> ReplayResult:
     """Replay ``x`` through ``model`` (path, ModelProto, bytes or session) against ``prop``."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     empty = np.zeros(0)
@@ -89,7 +113,7 @@ def replay(model: Any, prop: Property, x, tol: float = 1e-6) -> ReplayResult:
     for k, d in enumerate(prop.disjuncts):
         if not bool(d.contains(x, tol)[0]):
             continue
-        xc = np.clip(x, d.lower, d.upper)  # within tol: move onto the box (module docstring)
+        xc = float32_inside(np.clip(x, d.lower, d.upper), d.lower, d.upper)  # module docstring, step 1
         key = xc.tobytes()
         if key not in tried:
             tried[key] = evaluate(sess, xc, prop.n_outputs)[0]
@@ -112,4 +136,4 @@ def _fmt(x: np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.9g}" for v in x) + ")"
 
 
-__all__ = ["ReplayResult", "evaluate", "get_session", "replay"]
+__all__ = ["REPLAY_TOL", "ReplayResult", "evaluate", "float32_inside", "get_session", "replay"]

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from usnprune.config import to_dict
 from usnprune.errors import ConfigError, DataError
+from usnprune.files import MANIFEST as FILES_MANIFEST
+from usnprune.files import OutputFolder, atomic_write_text
 
 from .aircraft import (
     CATEGORY,
@@ -75,22 +77,30 @@ def _earlier_manifest(out: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("generator") == GENERATOR else None
 
 
-def _prepare_folder(out: Path, force: bool) -> dict | None:
+def _dataset_files(counts: dict[str, int]) -> list[str]:
+    files = [MANIFEST] + [f"annotations/keypoints_{split}.json" for split in SPLITS]
+    return files + [f"images/{split}/{i + 1:06d}.png" for split in SPLITS for i in range(counts[split])]
+
+
+def _prepare_folder(out: Path, force: bool, counts: dict[str, int]) -> OutputFolder:
+    """The dataset folder: an empty or new one; a non-empty one only with ``force``, and
+    then only files usnprune wrote are replaced (an earlier synthetic dataset made before
+    usnprune kept a file manifest is recognised by its ``synthetic.json``)."""
     if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
+        raise DataError(f"--out {out}: exists and is not a folder")
+    folder = OutputFolder(out, "data synth", force)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "an earlier synthetic dataset" if _earlier_manifest(out) else "other files"
+        raise DataError(f"--out {out}: the folder holds {what}; pass --force to replace what usnprune wrote "
+                        "there, or choose an empty folder")
     earlier = _earlier_manifest(out) if out.is_dir() else None
-    if out.is_dir() and earlier is None and not force and any(out.iterdir()):
-        raise DataError(
-            f"{out}: folder is not empty and holds no earlier synthetic dataset ({MANIFEST}); "
-            "choose an empty folder or pass force=True"
-        )
-    try:
-        for split in SPLITS:
-            (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "annotations").mkdir(exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out}: cannot create the dataset folders: {e.strerror or e}") from None
-    return earlier
+    if force and earlier is not None and not folder.listed():
+        old = {s: earlier.get(f"n_{s}") for s in SPLITS}
+        if all(isinstance(v, int) for v in old.values()):
+            listed = {rel: "data synth" for rel in _dataset_files(old)}
+            atomic_write_text(out / FILES_MANIFEST, json.dumps({"tool": "usnprune", "files": listed}, indent=1))
+    folder.claim(_dataset_files(counts))
+    return folder
 
 
 def _annotation(index: int, s: Sample) -> dict:
@@ -133,16 +143,16 @@ def generate(
     ``images/<split>/``; image and annotation ids start at 1 and equal the file number), and
     ``synthetic.json`` recording how it was made. ``options`` are :class:`SynthOptions` fields.
 
-    A non-empty ``out_dir`` is refused unless it holds an earlier synthetic dataset (which
-    is then replaced, removing only images that dataset wrote and this one does not) or
-    ``force`` is set (then files are written over and nothing is removed). ``progress``:
-    show a tqdm bar on stderr (default: for more than 200 images).
+    A non-empty ``out_dir`` is refused unless ``force``; then an earlier dataset is replaced
+    (its images this one does not write are removed) and a file usnprune did not write is
+    never replaced or removed (usnprune.files.OutputFolder). ``progress``: show a tqdm bar on
+    stderr (default: for more than 200 images).
     """
     _check_args(n_train, n_test, seed, size)
     opt = make_options(**options)
     out = Path(out_dir)
-    earlier = _prepare_folder(out, force)
     counts = {"train": int(n_train), "test": int(n_test)}
+    folder = _prepare_folder(out, force, counts)
     info = {
         "description": "usnprune synthetic aircraft keypoints",
         "generator": GENERATOR,
@@ -151,26 +161,20 @@ def generate(
         "size": int(size),
         "options": to_dict(opt),
     }
-    # The manifest goes first, so that an interrupted run is still recognised as ours.
-    (out / MANIFEST).write_text(json.dumps({**info, "n_train": counts["train"], "n_test": counts["test"]}, indent=2) + "\n")
-    if earlier is not None:
-        for split in SPLITS:
-            # The old annotations go before any image changes, so an interrupted run never
-            # leaves annotations that describe other images.
-            (out / "annotations" / f"keypoints_{split}.json").unlink(missing_ok=True)
-            old = earlier.get(f"n_{split}")
-            for i in range(counts[split], old if isinstance(old, int) else 0):
-                (out / "images" / split / f"{i + 1:06d}.png").unlink(missing_ok=True)
-
     total = counts["train"] + counts["test"]
     show = total > 200 if progress is None else progress
-    with tqdm(total=total, desc="synthetic images", unit="img", file=sys.stderr, disable=not show, leave=False) as bar:
+    # written into a staging folder and moved into place at the end: a full disk or a kill
+    # leaves the folder as it was, never a partial dataset (usnprune.files.OutputFolder)
+    with folder.staging(_dataset_files(counts), remove_stale=True) as stage, \
+            tqdm(total=total, desc="synthetic images", unit="img", file=sys.stderr, disable=not show, leave=False) as bar:
+        stage.path(MANIFEST).write_text(
+            json.dumps({**info, "n_train": counts["train"], "n_test": counts["test"]}, indent=2) + "\n")
         for split in SPLITS:
             images, annotations = [], []
             for i in range(counts[split]):
                 s = render_sample(image_rng(seed, split, i), size, opt)
                 name = f"{i + 1:06d}.png"
-                Image.fromarray(s.image_u8()).save(out / "images" / split / name)
+                Image.fromarray(s.image_u8()).save(stage.path(f"images/{split}/{name}"))
                 images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
                 annotations.append(_annotation(i, s))
                 bar.update()
@@ -181,5 +185,7 @@ def generate(
                 "annotations": annotations,
                 "categories": [CATEGORY],
             }
-            (out / "annotations" / f"keypoints_{split}.json").write_text(json.dumps(coco, separators=(",", ":")) + "\n")
+            stage.path(f"annotations/keypoints_{split}.json").write_text(json.dumps(coco, separators=(",", ":")) + "\n")
+    for split in SPLITS:  # an empty split still has its folder
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
     return out

@@ -134,8 +134,8 @@ def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_file
 @pytest.mark.parametrize("args, match", [
     (["--delta", "0"], "--delta must be > 0"),
     (["--delta", "-1"], "--delta must be > 0"),
-    (["--eps-contrast", "1.0"], "--eps-contrast/--eps-brightness.eps_c: must be < 1"),
-    (["--eps-brightness", "-0.1"], "--eps-contrast/--eps-brightness.eps_b: must be >= 0"),
+    (["--eps-contrast", "1.0"], "--eps-contrast 1.0: must be < 1"),
+    (["--eps-brightness", "-0.1"], "--eps-brightness -0.1: must be >= 0"),
 ])
 def test_bad_options_are_one_line_errors(args, match, small_checkpoint, synth_data, tmp_path, capsys):
     code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out",

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from usnprune.export.vnnlib import parse_text
-from usnprune.verifier_specs.replay import get_session, replay
+from usnprune.verifier_specs.replay import REPLAY_TOL, float32_inside, get_session, replay
 
 W = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], dtype=np.float32)
 B = np.array([0.5, 0.0, 0.0], dtype=np.float32)
@@ -58,7 +58,11 @@ def test_float32_input_just_outside_the_box_is_clamped(model):
     assert x[0] > 1.1 and x[1] < -0.1
     res = replay(model, PROP, x)  # Y_0 = 1.6 >= 1.5
     assert res.ok
-    np.testing.assert_array_equal(res.x, [1.1, -0.1])
+    # the replayed point is the float32 input that was run, and it lies inside the box exactly
+    np.testing.assert_array_equal(res.x, [np.nextafter(np.float32(1.1), np.float32(0)),
+                                          np.nextafter(np.float32(-0.1), np.float32(1))])
+    assert 0.9 <= res.x[0] <= 1.1 and -0.1 <= res.x[1] <= 0.1
+    assert np.array_equal(res.x.astype(np.float32).astype(np.float64), res.x)
 
 
 def test_outside_the_box_beyond_tolerance(model):
@@ -66,6 +70,22 @@ def test_outside_the_box_beyond_tolerance(model):
     assert not res.ok and "outside every disjunct" in res.message
     assert not replay(model, PROP, [1.1 + 1e-5, 0.0], tol=1e-6).ok
     assert replay(model, PROP, [1.1 + 1e-7, 0.0], tol=1e-6).ok
+
+
+def test_the_documented_tolerance_is_vnncomps_and_never_admits_a_point_outside(model):
+    assert REPLAY_TOL == 1e-4
+    near = replay(model, PROP, [1.1 + 9e-5, 0.1 + 9e-5])  # within 1e-4: taken up, moved inside
+    assert near.ok and near.x[0] <= 1.1 and near.x[1] <= 0.1
+    assert not replay(model, PROP, [1.1 + 2e-4, 0.0]).ok  # beyond 1e-4: refused
+
+
+def test_a_corner_on_a_bound_with_no_float32_is_run_inside():
+    """float32(-0.45) = -0.449999988 lies 1.2e-8 outside X <= -0.45: the replayed input is
+    the float32 just below it, inside."""
+    lo, hi = np.array([-1.0]), np.array([-0.45])
+    x = float32_inside(np.array([-0.45]), lo, hi)
+    assert x[0] <= -0.45 and np.float64(np.float32(x[0])) == x[0]
+    assert np.float64(np.float32(-0.45)) > -0.45
 
 
 def test_strict_rows_are_strict(model):

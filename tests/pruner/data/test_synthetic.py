@@ -172,7 +172,7 @@ def test_generation_is_quiet(tmp_path, capsys):
 
 def test_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="not empty.*force=True"):
+    with pytest.raises(DataError, match="holds other files; pass --force"):
         generate(tmp_path, n_train=2, n_test=1)
     assert not (tmp_path / "images").exists()
     generate(tmp_path, n_train=2, n_test=1, force=True)
@@ -183,13 +183,16 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path):
 def test_replaces_an_earlier_dataset_removing_only_its_own_stale_images(tmp_path):
     root = generate(tmp_path / "ds", n_train=5, n_test=2, seed=1)
     (root / "images/train/extra.png").write_bytes(b"user file")
-    generate(root, n_train=3, n_test=2, seed=2)
+    with pytest.raises(DataError, match="earlier synthetic dataset; pass --force"):
+        generate(root, n_train=3, n_test=2, seed=2)  # nothing is replaced or removed without --force
+    assert len(list((root / "images/train").iterdir())) == 6
+    generate(root, n_train=3, n_test=2, seed=2, force=True)
     names = sorted(p.name for p in (root / "images/train").iterdir())
     assert names == ["000001.png", "000002.png", "000003.png", "extra.png"]
     assert _json(root, "train")["info"]["seed"] == 2 and len(_json(root, "train")["images"]) == 3
 
 
-def test_an_interrupted_regeneration_leaves_no_stale_annotations(tmp_path, monkeypatch):
+def test_an_interrupted_regeneration_leaves_the_earlier_dataset_whole(tmp_path, monkeypatch):
     root = generate(tmp_path / "ds", n_train=3, n_test=1, seed=1)
 
     def broken(*args, **kwargs):
@@ -197,10 +200,11 @@ def test_an_interrupted_regeneration_leaves_no_stale_annotations(tmp_path, monke
 
     monkeypatch.setattr(synthetic, "render_sample", broken)
     with pytest.raises(KeyboardInterrupt):
-        generate(root, n_train=3, n_test=1, seed=2)
-    assert not list((root / "annotations").glob("*.json"))
+        generate(root, n_train=3, n_test=1, seed=2, force=True)
+    assert _json(root, "train")["info"]["seed"] == 1  # staged: the old dataset is untouched
+    assert not [p for p in root.iterdir() if p.name.startswith(".usnprune-staging")]
     monkeypatch.undo()
-    generate(root, n_train=3, n_test=1, seed=2)  # still recognised as ours
+    generate(root, n_train=3, n_test=1, seed=2, force=True)  # still recognised as ours
     assert _json(root, "train")["info"]["seed"] == 2
 
 
