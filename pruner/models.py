@@ -28,7 +28,7 @@ from torch import nn
 
 from usnprune.config import ConfigError, from_dict, require, to_dict
 from usnprune.errors import CheckpointError
-from usnprune.files import atomic_write
+from usnprune.files import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "usnprune-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -314,7 +314,9 @@ def save_checkpoint(path: str | Path, model: KeypointNet, meta: dict | None = No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    return atomic_write(p, lambda tmp: torch.save(blob, tmp))  # a full disk leaves no model.pt.tmp
+    buf = io.BytesIO()  # serialized in memory: a full disk is then an OSError, and leaves no model.pt.tmp
+    torch.save(blob, buf)
+    return atomic_write_bytes(p, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[KeypointNet, dict]:

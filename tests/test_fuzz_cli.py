@@ -6,8 +6,12 @@ synthetic dataset, a trained checkpoint, a benchmark, a run folder) and asserts:
 traceback, and no file outside the case's ``--out`` created, changed or deleted (the whole
 world is snapshot by content before and after). A few cases also run as a real process.
 The cases of issue 12's lists (21 tracebacks, 10 silent successes, 7 files it did not
-write) are marked with their list in a comment. Full-disk and read-only cases are in
-tests/test_disk_cli.py.
+write) are marked with their list in a comment.
+
+Full-disk and read-only cases run on a small tmpfs mounted for the test (as root, where
+``mount`` works; skipped with the reason otherwise): one line, exit 2, and nothing
+half-written that looks complete; a verify stopped by a full disk finishes with --resume
+once there is space again.
 """
 
 from __future__ import annotations
@@ -347,3 +351,118 @@ def test_a_real_process_prints_one_line_too(world, case):
     assert {k: v for k, v in after.items() if not k.startswith(("outs", "configs"))} == \
         {k: v for k, v in before.items() if not k.startswith(("outs", "configs"))}
     assert (world / "victim.txt").read_text() == "must survive\n"
+
+
+# ---- a full disk and a read-only folder -----------------------------------------------
+
+
+def _mount(path: Path, options: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the full-disk and read-only cases mount a tmpfs, which needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip() or p.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 24 KiB: room for a few small files, not for a model or a dataset."""
+    disk = tmp_path / "disk"
+    _mount(disk, "size=24k")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    disk = tmp_path / "ro"
+    _mount(disk, "size=64k")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _one_line(argv, capsys) -> str:
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("usnprune: error: "), err
+    return lines[0]
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_full_disk_data_synth(world, small_disk, capsys):
+    line = _one_line(["data", "synth", "--out", small_disk / "data", "--n-train", "300", "--n-test", "10"], capsys)
+    assert "No space left on device" in line
+    assert not {"synthetic.json", "annotations/keypoints_train.json"} & _files(small_disk / "data")
+
+
+def test_full_disk_train(world, small_disk, capsys):
+    cfg = small_disk.parent / "t.yaml"
+    big = world / "configs" / "big.yaml"  # a network whose model.pt cannot fit
+    cfg.write_text(f"data: {world}/data\nout: {small_disk}/net\narch: small\noptim: {{epochs: 1}}\n")
+    line = _one_line(["train", "--config", cfg], capsys)
+    assert "No space left on device" in line and not big.exists()
+    assert not [f for f in _files(small_disk) if f.endswith(("model.pt", ".tmp"))] and not _files(small_disk / "net")
+
+
+def test_full_disk_export(world, small_disk, capsys):
+    line = _one_line(EXPORT[:1] + [a.replace("{w}", str(world)) for a in EXPORT[1:]]
+                     + ["--out", small_disk / "bench", "--images", "2", "--delta", "0.5", "1"], capsys)
+    assert "No space left on device" in line
+    assert not (small_disk / "bench" / "instances.csv").exists() and not (small_disk / "bench" / "benchmark.json").exists()
+
+
+def test_full_disk_verify_then_resume_with_room(world, small_disk, capsys):
+    run = small_disk / "run"
+    subprocess.run(["mount", "-o", "remount,size=12k", str(small_disk)], check=True)  # run.json and a few rows
+    line = _one_line(["verify", world / "bench", "--out", run, "--executor", "serial"], capsys)
+    assert "No space left on device" in line and "--resume" in line
+    from usnprune.driver.store import ResultStore
+
+    kept = ResultStore(run).rows()
+    assert len(kept) < 10 and not (run / "instances.csv").exists()
+    subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+    assert main(["verify", str(world / "bench"), "--out", str(run), "--executor", "serial", "--resume"]) == 0
+    rows = ResultStore(run).rows()
+    assert len(rows) == 10 and all(rows[k]["finished_at"] == r["finished_at"] for k, r in kept.items())
+
+
+def test_full_disk_report(world, small_disk, capsys):
+    line = _one_line(["report", world / "run", "--out", small_disk / "report"], capsys)
+    assert "No space left on device" in line
+    assert not _files(small_disk / "report") & {"summary.csv", "report.json", "keypoints.csv"}
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "prune", "report", "run", "verify", "export", "data"])
+def test_read_only_out(world, read_only, command, capsys):
+    w, out = world, read_only / "out"
+    cfg = read_only.parent / f"{command}.yaml"
+    argv = {
+        "train": ["train", "--config", cfg],
+        "eval": ["eval", "--checkpoint", w / "dense/model.pt", "--data", w / "data", "--out", out / "t.csv"],
+        "prune": ["prune", "--config", cfg],
+        "report": ["report", w / "run", "--out", out],
+        "run": ["run", cfg],
+        "verify": ["verify", w / "bench", "--out", out],
+        "export": ["export", "--checkpoint", w / "dense/model.pt", "--data", w / "data", "--out", out],
+        "data": ["data", "synth", "--out", out, "--n-train", "2", "--n-test", "1"],
+    }[command]
+    cfg.write_text({
+        "train": f"data: {w}/data\nout: {out}\narch: tiny\noptim: {{epochs: 1}}\n",
+        "prune": f"checkpoint: {w}/dense/model.pt\ndata: {w}/data\nout: {out}\nmethod: random\n"
+                 f"schedule: {{steps: 1, reg_epochs: 0, finetune_epochs: 0, final_epochs: 0}}\n",
+        "run": f"out: {out}\ndata: {{path: {w}/data}}\n",
+    }.get(command, ""))
+    before = _snapshot(world)
+    line = _one_line(argv, capsys)
+    assert "Read-only file system" in line or "read-only" in line.lower() or "cannot" in line
+    assert _snapshot(world) == before and not out.exists()

@@ -24,3 +24,17 @@ def one_thread_per_verifier(monkeypatch):
     builtin with 2 threads was 20x slower on some instances (10.5 s, a timeout, against
     0.5 s), which made verdicts depend on the machine's load."""
     monkeypatch.setenv("USNPRUNE_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def small_net_bench(bench, tmp_path_factory):
+    """The 20 instances of the small network's first image (10 keypoints x 2 tolerances):
+    a few seconds of verification, long enough to be interrupted at chosen moments."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("snb") / "bench"
+    shutil.copytree(bench, out)
+    rows = [r for r in (out / "instances.csv").read_text().splitlines() if r.startswith("onnx/small/")]
+    first = rows[0].split(",")[0]
+    (out / "instances.csv").write_text("\n".join(r for r in rows if r.startswith(first + ",")) + "\n")
+    return out

@@ -1,6 +1,7 @@
 """kill -9 of a running ``usnprune verify`` with 2 local workers, and of one worker.
 
-After ``--resume`` every instance has exactly one row in RUN/instances.csv, none is an
+After ``--resume`` (run in this process, serially, to keep the suite short) every instance
+has exactly one row in RUN/instances.csv, none is an
 ``error``, and each verdict equals an uninterrupted run's; a killed main process takes its
 workers along and leaves no row it did not earn (a failed send is never an error row).
 Every run uses ``--timeout 60`` so that no instance is a timeout on a loaded machine.
@@ -27,16 +28,23 @@ TIMEOUT = "60"
 
 
 @pytest.fixture(scope="module")
-def reference(bench, tmp_path_factory):
+def reference(small_net_bench, tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
-    res = verify(bench, run, executor="local", workers=2, timeout=float(TIMEOUT), log=lambda s: None)
+    res = verify(small_net_bench, run, executor="local", workers=2, chunk_size=4, timeout=float(TIMEOUT),
+                 log=lambda s: None)
     assert res["missing"] == 0 and res["counts"]["error"] == 0
     return {k: r["verdict"] for k, r in ResultStore(run).rows().items()}
 
 
 def _cli(bench: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "usnprune.driver.cli", "verify", str(bench), "--out", str(run), "--workers", "2",
-            "--timeout", TIMEOUT, *extra]
+            "--chunk-size", "4", "--timeout", TIMEOUT, *extra]  # 5 chunks of one ONNX file: both workers busy
+
+
+def _resume(bench: Path, run: Path, log=lambda s: None) -> dict:
+    """``verify --resume`` with the run's settings (in this process, serially: the same
+    store and the same decisions as the command, without starting more processes)."""
+    return verify(bench, run, resume=True, executor="serial", timeout=float(TIMEOUT), log=log)
 
 
 def _env() -> dict:
@@ -91,11 +99,12 @@ def _assert_complete(run: Path, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("moment", [0.0, 0.35, 0.7])
-def test_kill_9_of_verify_with_2_workers_then_resume(bench, reference, tmp_path, moment):
+def test_kill_9_of_verify_with_2_workers_then_resume(small_net_bench, reference, tmp_path, moment):
     """``moment``: the share of instances with a row when the main process is killed (0: as
     soon as both workers run)."""
     run = tmp_path / "run"
-    p = subprocess.Popen(_cli(bench, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_cli(small_net_bench, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     deadline = time.time() + 180
     workers: list[int] = []
     while time.time() < deadline and p.poll() is None:
@@ -112,18 +121,19 @@ def test_kill_9_of_verify_with_2_workers_then_resume(bench, reference, tmp_path,
     assert not any(_alive(w) for w in workers), "a worker outlived the killed verify"
     before = ResultStore(run).rows()
     assert all(r["verdict"] != "error" for r in before.values())  # no row for an instance nobody finished
-    r = subprocess.run(_cli(bench, run, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    res = _resume(small_net_bench, run)
+    assert res["missing"] == 0
     _assert_complete(run, reference)
     after = ResultStore(run).rows()
     assert all(after[k]["finished_at"] == v["finished_at"] for k, v in before.items())  # finished rows kept
 
 
-def test_kill_9_of_one_worker_then_resume(bench, reference, tmp_path):
+def test_kill_9_of_one_worker_then_resume(small_net_bench, reference, tmp_path):
     """The killed worker's instance in flight gets an infrastructure error row, the run
     goes on; --resume runs that instance again."""
     run = tmp_path / "run"
-    p = subprocess.Popen(_cli(bench, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_cli(small_net_bench, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     deadline = time.time() + 180
     workers: list[int] = []
     while time.time() < deadline and p.poll() is None:
@@ -141,7 +151,7 @@ def test_kill_9_of_one_worker_then_resume(bench, reference, tmp_path):
     assert len(errors) <= 1 and all(r["error_cause"] == CAUSE_INFRASTRUCTURE for r in errors)
     for k, r in before.items():  # what was finished before the kill stands
         assert rows[k]["finished_at"] == r["finished_at"]
-    r = subprocess.run(_cli(bench, run, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert ("1 to run" in r.stdout) == bool(errors)
+    logs: list[str] = []
+    _resume(small_net_bench, run, logs.append)
+    assert ("1 to run" in logs[0]) == bool(errors)
     _assert_complete(run, reference)

@@ -1,10 +1,12 @@
 """The slurm executor (driver/slurm.py).
 
 The tests marked ``slurm`` run against a real single-node Slurm with accounting, started
-once per session by the ``slurm`` fixture (tests/driver/slurm/cluster.py: installs Debian's
-packages when missing, starts munged, mariadbd, slurmdbd, slurmctld, slurmd under a fresh
-temporary folder, stops them by PID at the end). Where that cannot run (not root, no
-apt, apt fails) they are skipped with the reason; ``USNPRUNE_SLURM_TESTS=0`` skips them on
+once per session by the ``slurm`` fixture (tests/driver/slurm/cluster.py: starts munged,
+mariadbd, slurmdbd, slurmctld, slurmd under a fresh temporary folder, stops them by PID at
+the end). The test suite installs nothing by itself: where Slurm is missing, the packages
+are apt-installed only with ``USNPRUNE_INSTALL_SLURM=1`` (``.ci/run`` sets it), and as root.
+Otherwise (not installed and not asked, not root, no apt, apt fails) the tests are skipped
+with the reason, which pytest prints (``-ra``); ``USNPRUNE_SLURM_TESTS=0`` skips them on
 purpose. The other tests need no Slurm.
 """
 
@@ -303,3 +305,16 @@ def test_slurm_options_without_the_slurm_executor_are_refused(bench, tmp_path, c
     assert err == ("usnprune: error: verify.executor_options: partition: options of the slurm executor, not of local "
                    "(add --executor slurm)")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_suite_installs_nothing_unless_asked(monkeypatch):
+    """Without USNPRUNE_INSTALL_SLURM=1 a missing Slurm is a skip reason, never an apt-get."""
+    monkeypatch.setattr(cluster, "missing_binaries", lambda: ["sbatch", "slurmd"])
+    monkeypatch.delenv(cluster.INSTALL_ENV, raising=False)
+
+    def no_apt(*a, **k):
+        raise AssertionError(f"the tests ran {a[0] if a else k} without being asked")
+
+    monkeypatch.setattr(cluster.subprocess, "run", no_apt)
+    with pytest.raises(cluster.Unavailable, match="set USNPRUNE_INSTALL_SLURM=1"):
+        cluster.ensure_packages(log=lambda s: None)

@@ -3,7 +3,9 @@
 What it does, as root, on a Debian 12 machine (see /work/shared/SLURM.md for why each step):
 
 1. installs Debian's ``slurmctld slurmd slurm-client munge slurmdbd mariadb-server`` when
-   a binary is missing (``apt-get update && apt-get install -y ...``);
+   a binary is missing (``apt-get update && apt-get install -y ...``) -- only when asked:
+   ``USNPRUNE_INSTALL_SLURM=1`` (``.ci/run`` sets it). Without it a machine without Slurm
+   is left as it is and the Slurm tests are skipped with that reason;
 2. creates a fresh state folder ``/tmp/usnprune-slurm-XXXX`` (fresh: ghost jobs and reused
    job ids from an earlier cluster cannot leak in) and four free TCP ports;
 3. starts, each in the foreground as a child of this process so that its PID is known:
@@ -41,6 +43,7 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb
 BINARIES = ["slurmctld", "slurmd", "slurmdbd", "sbatch", "sinfo", "squeue", "scancel", "sacct", "sacctmgr", "srun",
             "munged", "munge", "unmunge", "mariadbd", "mariadb-install-db"]
 CLUSTER = "usnprunetest"
+INSTALL_ENV = "USNPRUNE_INSTALL_SLURM"  # =1: the tests may apt-get install Slurm (as root)
 SBIN = ("/usr/sbin", "/sbin")
 
 
@@ -63,6 +66,9 @@ def ensure_packages(log: Callable[[str], None] = print, timeout: float = 600) ->
     missing = missing_binaries()
     if not missing:
         return 0.0
+    if os.environ.get(INSTALL_ENV) != "1":
+        raise Unavailable(f"Slurm is not installed ({', '.join(missing)} missing); set {INSTALL_ENV}=1 to let the "
+                          f"tests install {' '.join(PACKAGES)} with apt-get (as root), as .ci/run does")
     if os.geteuid() != 0:
         raise Unavailable(f"Slurm is not installed ({', '.join(missing)} missing) and installing it needs root")
     if shutil.which("apt-get") is None:
