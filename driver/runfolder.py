@@ -233,8 +233,12 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
             raise ConfigError(f"{run_dir}: the benchmark changed since that run started: {'; '.join(changes[:3])}{more}; "
                               f"its rows would describe other files: verify into a new --out")
         return spec
-    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: folder exists and is not a usnprune run; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot create the run folder ({e.strerror or e})") from None
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"{run_dir}: the run folder is not writable")
     spec = RunSpec(bench_abs, backend, dict(options), timeout, uuid.uuid4().hex[:8],
