@@ -14,7 +14,8 @@ none, never a truncated one that looks complete.
 * no input of the command (a checkpoint, a dataset file) is ever a target;
 * the outputs are written into a hidden staging folder inside ``--out`` and moved into place
   together at the end, the manifest last: a full disk or a kill while writing leaves the
-  folder as it was (plus, after a kill, a hidden ``.usnprune-staging-*`` folder).
+  folder as it was (plus, after a kill, a hidden ``.usnprune-staging-<host>-<pid>-*``
+  folder, removed by the next command that writes there once that process is gone).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -165,7 +167,8 @@ class OutputFolder:
                                 f"({ours[0]}, ...); pass --force to replace it, or choose another {self.flag}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+            _remove_dead_staging(self.root)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_me()}-", dir=self.root))
         except OSError as e:
             raise PathError(f"{self.flag} {self.root}: cannot write there ({e.strerror or e})") from None
         stage = Staging(self, tmp)
@@ -174,6 +177,26 @@ class OutputFolder:
             stage.commit(remove_stale)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # our own mkdtemp folder only
+
+
+def _me() -> str:
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def _remove_dead_staging(root: Path) -> None:
+    """Remove staging folders this host's killed commands left in ``root`` (named
+    ``.usnprune-staging-<host>-<pid>-*``; only when that process is gone)."""
+    host = socket.gethostname().replace("-", "_")
+    for d in root.glob(f"{STAGING_PREFIX}{host}-*"):
+        pid = d.name[len(STAGING_PREFIX) + len(host) + 1:].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)  # a hidden folder of ours whose writer is dead
+        except OSError:
+            pass
 
 
 class Staging:
