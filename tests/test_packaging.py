@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import site
 import subprocess
 import sys
 import zipfile
@@ -75,7 +74,9 @@ def test_wheel_installs_beside_its_pypi_namesakes(wheel, tmp_path):
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
     # usnprune's dependencies (torch, onnx, ...) from this test's environment, after the
     # venv's own site-packages: the namesakes there still come first
-    (purelib / "zz_usnprune_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # (every site-packages folder on this interpreter path: a venv may reach more through .pth files)
+    deps = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (purelib / "zz_usnprune_test_deps.pth").write_text("\n".join(deps) + "\n")
     assert {name: _digest(purelib / name) for name in theirs} == theirs, "installing usnprune changed their files"
     help_ = subprocess.run([str(venv / "bin" / "usnprune"), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert help_.returncode == 0 and "verify" in help_.stdout, help_.stderr[-2000:]
