@@ -20,7 +20,8 @@ from usnprune.files import atomic_write
 from usnprune.pruner.data.synthetic import SynthConfig
 from usnprune.pruner.evaluate import EvalConfig
 from usnprune.pruner.models import CHECKPOINT_NAME
-from usnprune.pruner.perturbation import Box
+from usnprune.pruner.data.source import DataSource
+from usnprune.pruner.perturbation import Box, family
 from usnprune.pruner.train import TrainConfig
 from usnprune.system import progress_enabled
 
@@ -65,11 +66,54 @@ def _count(name: str, minimum: int = 1):
 
 def _box(args):
     """The box from --eps-contrast/--eps-brightness; an error names the flag."""
+    family(args.family, "--family")
     try:
-        return Box.make(args.eps_contrast, args.eps_brightness, where="box")
+        return Box.make(args.eps_contrast, args.eps_brightness, args.family, where="box")
     except ConfigError as e:
         msg = str(e).replace("box.eps_c:", f"--eps-contrast {args.eps_contrast}:")
         raise ConfigError(msg.replace("box.eps_b:", f"--eps-brightness {args.eps_brightness}:")) from None
+
+
+def _files(annotations, image_dir, flag: str) -> dict | None:
+    if annotations is None and image_dir is None:
+        return None
+    if annotations is None or image_dir is None:
+        raise ConfigError(f"--{flag}annotations and --{flag}image-dir go together (give both)")
+    return {"annotations": annotations, "image_dir": image_dir}
+
+
+def _data(args, split: str | None = None):
+    """The data a command reads: ``--data DIR`` or ``--annotations FILE --image-dir DIR``
+    (``split``: the split those files are, for commands that read one), plus
+    ``--category``; None when the command line names none (a config file's data stays)."""
+    files = _files(args.annotations, args.image_dir, "")
+    test = _files(getattr(args, "test_annotations", None), getattr(args, "test_image_dir", None), "test-")
+    if files is not None and getattr(args, "data", None):
+        raise ConfigError("give either --data DIR or --annotations FILE --image-dir DIR, not both")
+    if test is not None and files is None:
+        raise ConfigError("--test-annotations needs --annotations and --image-dir (the training files)")
+    if files is None:
+        if getattr(args, "data", None) is None:
+            return None
+        return args.data if args.coco_category is None else {"folder": args.data, "category": args.coco_category}
+    src = {split or "train": files, "category": args.coco_category}
+    if test is not None:
+        src["test"] = test
+    return src
+
+
+def _split(args) -> tuple[object, str]:
+    """(data, split) for a command that reads one split (eval, export)."""
+    data = _data(args, "test")
+    if data is None:
+        raise ConfigError("give the data: --data DIR, or --annotations FILE.json --image-dir DIR")
+    if isinstance(data, dict) and "folder" not in data:
+        if args.split is not None:
+            raise ConfigError("--split picks a split of a --data folder; with --annotations the file is the data")
+        return from_dict(DataSource, data, "--annotations"), "test"
+    if isinstance(data, dict):
+        data = from_dict(DataSource, data, "--data")
+    return data, args.split or "test"
 
 
 # ---- commands -----------------------------------------------------------------------
@@ -78,8 +122,8 @@ def _box(args):
 def cmd_data_synth(args) -> int:
     from usnprune.pruner.data.synthetic import generate
 
-    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size, force=args.force,
-                   progress=None if progress_enabled() else False)
+    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size,
+                   channels=args.channels, force=args.force, progress=None if progress_enabled() else False)
     print(f"wrote a synthetic COCO-keypoints dataset to {out}")
     return 0
 
@@ -88,10 +132,16 @@ def cmd_train(args) -> int:
     from usnprune.pruner.train import train
 
     raw = load_yaml(args.config)
-    for key in ("data", "out"):
-        if getattr(args, key):
-            raw[key] = getattr(args, key)
+    data = _data(args)
+    if data is not None:
+        raw["data"] = data
+    if args.out:
+        raw["out"] = args.out
     cfg = from_dict(TrainConfig, raw, where=str(args.config))
+    if args.family is not None:
+        family(args.family, "--family")
+        aug = cfg.augment.perturbation
+        cfg.augment.perturbation = Box.make(aug.eps_c, aug.eps_b, args.family, where="--family")
     metrics = train(cfg, force=args.force)
     print(json.dumps(metrics, indent=2))
     print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}")
@@ -99,12 +149,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.data.source import load
     from usnprune.pruner.evaluate import evaluate, metrics_table
     from usnprune.pruner.models import load_checkpoint
     from usnprune.pruner.prune import check_keypoints
 
-    cfg = EvalConfig(perturbation=_box(args), deltas=args.delta, grid=args.grid, split=args.split)
+    data, split = _split(args)
+    cfg = EvalConfig(perturbation=_box(args), deltas=args.delta, grid=args.grid, split=split)
     cfg.check("eval")
     out = Path(args.out) if args.out else None
     if out is not None:  # before the work: the table goes to one file the user named
@@ -115,8 +166,9 @@ def cmd_eval(args) -> int:
         if out.resolve() in (Path(args.checkpoint).resolve(),):
             raise ConfigError(f"--out {out}: is the checkpoint; choose another file")
     model, meta = load_checkpoint(args.checkpoint)
-    ds = load_split(args.data, cfg.split, model.arch.input_size)
-    check_keypoints(model, ds, args.checkpoint, args.data)
+    cfg.perturbation.fam.check_channels(model.arch.in_channels, "--family")
+    ds = load(data, cfg.split, model.arch.input_size, model.arch.in_channels)
+    check_keypoints(model, ds, args.checkpoint, args.data or args.annotations)
     res = evaluate(model, ds, deltas=cfg.deltas, box=cfg.perturbation, grid=cfg.grid)
     df = metrics_table(res, {"checkpoint": str(args.checkpoint)})
     if out is not None:
@@ -130,8 +182,8 @@ def cmd_eval(args) -> int:
 def cmd_prune(args) -> int:
     from usnprune.pruner.prune import analyze, load_prune_config
 
-    cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=args.data, out=args.out,
-                            method=args.method, sparsity=args.sparsity, seed=args.seed)
+    cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=_data(args), out=args.out,
+                            method=args.method, sparsity=args.sparsity, seed=args.seed, family=args.family)
     if args.analyze_only:
         rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.perturbation, cfg.calibration.images,
                        cfg.calibration.perturbations, cfg.seed, force=args.force)
@@ -150,11 +202,12 @@ def cmd_prune(args) -> int:
 def cmd_export(args) -> int:
     from usnprune.export.benchmark import export_benchmark
 
+    data, split = _split(args)
     cfg = ExportConfig(
-        checkpoints=args.checkpoint, categories=args.category, data=args.data, out=args.out,
+        checkpoints=args.checkpoint, categories=args.category, data=data, out=args.out,
         perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
         timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
-        skip_violated=args.skip_violated, split=args.split, force=args.force)
+        skip_violated=args.skip_violated, split=split, force=args.force)
     try:
         cfg.check("export")
     except ConfigError as e:  # name the flag the user typed
@@ -240,20 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=_count("--n-test"), default=default_of(SynthConfig, "n_test"))
     s.add_argument("--seed", type=int, default=default_of(SynthConfig, "seed"))
     s.add_argument("--size", type=_count("--size", 16), default=default_of(SynthConfig, "size"), help="image side in pixels")
+    s.add_argument("--channels", type=int, choices=[1, 3], default=default_of(SynthConfig, "channels"),
+                   help="1: grayscale, 3: RGB")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder (replacing only what usnprune wrote)")
     s.set_defaults(func=cmd_data_synth)
 
     t = sub.add_parser("train", help="train a keypoint network from a YAML config")
     t.add_argument("--config", required=True)
     t.add_argument("--data", help="override the config's data folder")
+    _add_coco_args(t, test=True)
     t.add_argument("--out", help="override the config's output folder")
     t.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
+    t.add_argument("--family", help="override the augmentation's lighting family")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="clean and empirically robust keypoint metrics")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True, help="dataset folder")
-    e.add_argument("--split", default=default_of(EvalConfig, "split"))
+    e.add_argument("--data", help="dataset folder")
+    _add_coco_args(e)
+    e.add_argument("--split", help=f"split of the --data folder (default {default_of(EvalConfig, 'split')})")
     _add_box_args(e)
     e.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(EvalConfig, "deltas"),
                    help="tolerances in px")
@@ -267,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", required=True, help="prune YAML (see docs/cli.md)")
     pr.add_argument("--checkpoint", help="override: the dense network")
     pr.add_argument("--data", help="override: dataset folder")
+    _add_coco_args(pr, test=True)
+    pr.add_argument("--family", help="override: the lighting family (of the scoring and augmentation boxes)")
     pr.add_argument("--out", help="override: output folder")
     pr.add_argument("--method", help="override: none, random, magnitude, activation, usn, usn_w")
     pr.add_argument("--sparsity", type=float, help="override: share of units removed, in [0, 1)")
@@ -278,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (ONNX + VNNLIB) for checkpoints")
     ex.add_argument("--checkpoint", required=True, nargs="+", help="one or more checkpoints (one category each)")
     ex.add_argument("--category", nargs="+", help="category names, one per checkpoint")
-    ex.add_argument("--data", required=True, help="dataset folder")
-    ex.add_argument("--split", default=default_of(ExportConfig, "split"))
+    ex.add_argument("--data", help="dataset folder")
+    _add_coco_args(ex, category="--coco-category")
+    ex.add_argument("--split", help=f"split of the --data folder (default {default_of(ExportConfig, 'split')})")
     ex.add_argument("--out", required=True, help="benchmark folder to write")
     _add_box_args(ex)
     ex.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(ExportConfig, "deltas"),
@@ -337,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_box_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps-contrast", type=float, default=default_of(Box, "eps_c"), help="contrast c in [1-eps, 1+eps]")
     p.add_argument("--eps-brightness", type=float, default=default_of(Box, "eps_b"), help="brightness b in [-eps, eps]")
+    p.add_argument("--family", default=default_of(Box, "family"),
+                   help="lighting family: brightness_contrast (k=2), channel_gain_bias (k=6), channel_gain (k=3)")
+
+
+def _add_coco_args(p: argparse.ArgumentParser, test: bool = False, category: str = "--category") -> None:
+    p.add_argument("--annotations", metavar="FILE.json", help="COCO keypoints file (instead of --data)")
+    p.add_argument("--image-dir", metavar="DIR", help="the folder file_name in --annotations is relative to")
+    if test:
+        p.add_argument("--test-annotations", metavar="FILE.json", help="COCO keypoints file of the test split")
+        p.add_argument("--test-image-dir", metavar="DIR", help="its image folder")
+    names = [category] if category == "--coco-category" else [category, "--coco-category"]
+    p.add_argument(*names, dest="coco_category", metavar="NAME", help="the COCO keypoint category (name or id)")
 
 
 # what the machine refused (a full disk, a read-only folder, a path that is a folder): the

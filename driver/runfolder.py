@@ -33,6 +33,7 @@ from pathlib import Path
 
 from usnprune import __version__
 from usnprune.errors import ConfigError, UsnpruneError
+from usnprune.export.benchmark import benchmark_family
 from usnprune.files import PathError, atomic_write, atomic_write_text, hash_file, safe_relative
 from usnprune.verifier_specs.base import Instance, Verdict
 
@@ -42,7 +43,7 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 COLUMNS = [
     "run_id", "backend", "backend_version", "onnx", "vnnlib", "category", "network", "method", "sparsity", "seed",
-    "parameters", "image", "keypoint", "keypoint_name", "delta", "eps_c", "eps_b", "reference", "verdict", "time",
+    "parameters", "image", "keypoint", "keypoint_name", "delta", "eps_c", "eps_b", "family", "reference", "verdict", "time",
     "check_time", "cex_c", "cex_b", "cex", "sample_violated", "error_cause", "message",
 ]
 FINGERPRINTED = ("instances.csv", "benchmark.json", "manifest.csv")  # beside every ONNX and VNNLIB file
@@ -149,6 +150,7 @@ class RunSpec:
     run_id: str
     created: str
     profile: dict = dataclasses.field(default_factory=dict)  # the backend's resolved profile (options applied)
+    family: dict | None = None  # the benchmark's lighting family and k, when usnprune wrote it
     toolkit_version: str = __version__
     fingerprint: dict = dataclasses.field(default_factory=dict)  # file -> SHA-256 (see fingerprint())
 
@@ -224,6 +226,11 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
                           if spec.profile.get(k) != _plain(profile).get(k))
             raise ConfigError(f"{run_dir}: the {backend} profile changed since that run started ({', '.join(keys)}); "
                               f"resume with the profile it used, or choose another --out")
+        now = benchmark_family(bench)
+        if spec.family is not None and now is not None and spec.family != now:
+            raise ConfigError(f"{run_dir}: that run verified {bench_abs} with the lighting family "
+                              f"{spec.family['family']} (k={spec.family['k']}); the benchmark now has {now['family']} "
+                              f"(k={now['k']}): choose another --out")
         if not spec.fingerprint:
             raise ConfigError(f"{run_dir}: that run has no fingerprint of its benchmark (made by usnprune "
                               f"{spec.toolkit_version}); it cannot be resumed safely: choose another --out")
@@ -242,7 +249,8 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"{run_dir}: the run folder is not writable")
     spec = RunSpec(bench_abs, backend, dict(options), timeout, uuid.uuid4().hex[:8],
-                   datetime.datetime.now().isoformat(timespec="seconds"), _plain(profile), fingerprint=prints)
+                   datetime.datetime.now().isoformat(timespec="seconds"), _plain(profile), fingerprint=prints,
+                   family=benchmark_family(bench))
     spec.save(run_dir)
     return spec
 
@@ -274,7 +282,8 @@ def make_row(spec: RunSpec, backend_name: str, backend_version: str, inst: Insta
         "sparsity": m.get("sparsity", ""), "seed": m.get("seed", ""), "parameters": m.get("parameters", ""),
         "image": m.get("image_id", ""), "keypoint": m.get("keypoint", ""), "keypoint_name": m.get("keypoint_name", ""),
         "delta": m.get("delta", ""), "eps_c": m.get("eps_c", ""), "eps_b": m.get("eps_b", ""),
-        "reference": m.get("reference", ""), "verdict": verdict.status, "time": round(float(verdict.time), 4),
+        "family": m.get("family", ""), "reference": m.get("reference", ""), "verdict": verdict.status,
+        "time": round(float(verdict.time), 4),
         "check_time": None if check_time is None else round(float(check_time), 4),
         "cex_c": pair[0], "cex_b": pair[1], "cex": cex, "sample_violated": sample_violated,
         "error_cause": cause, "message": verdict.message[-2000:],

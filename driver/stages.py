@@ -27,6 +27,7 @@ from usnprune.config import ConfigError, embedded, from_dict, require
 from usnprune.errors import UsnpruneError
 from usnprune.export.benchmark import ExportConfig, export_benchmark
 from usnprune.files import atomic_write_text
+from usnprune.pruner.data.source import DataSource
 from usnprune.pruner.data.synthetic import SynthConfig
 from usnprune.pruner.evaluate import EvalConfig
 from usnprune.pruner.models import CHECKPOINT_NAME, network_name
@@ -68,10 +69,12 @@ class Stage:
 @dataclasses.dataclass
 class DataSection:
     synth: SynthConfig | None = None  # generate the synthetic dataset into <out>/data
-    path: str | None = None  # or use an existing COCO-keypoints folder
+    path: str | None = None  # or use an existing dataset folder (annotations/keypoints_<split>.json, images/<split>/)
+    coco: DataSource | None = None  # or standard COCO files: {train: {annotations, image_dir}, test: ..., category}
 
     def check(self, where: str) -> None:
-        require((self.synth is None) != (self.path is None), where, "give exactly one of 'synth' or 'path'")
+        given = [k for k in ("synth", "path", "coco") if getattr(self, k) is not None]
+        require(len(given) == 1, where, "give exactly one of 'synth', 'path' or 'coco'")
 
 
 @dataclasses.dataclass
@@ -131,9 +134,12 @@ class Context:
         return self.out / name
 
     @property
-    def data_dir(self) -> Path:
+    def data(self) -> str | DataSource:
+        """What every stage reads: a dataset folder, or the COCO files of ``data.coco``."""
         sec: DataSection = self.sections["data"][0]
-        return Path(sec.path) if sec.path else self.out / "data"
+        if sec.coco is not None:
+            return sec.coco
+        return sec.path if sec.path else str(self.out / "data")
 
     def dense_checkpoint(self, seed: int) -> Path:
         return self.stage_dir("train") / f"seed{seed}" / CHECKPOINT_NAME
@@ -175,11 +181,17 @@ def stage_data(ctx: Context, sec: DataSection, _cfg) -> None:
         if not Path(sec.path).is_dir():
             raise ConfigError(f"data.path: {sec.path} is not a folder")
         return
+    if sec.coco is not None:
+        for split in ("train", "test"):
+            files = sec.coco.files(split)
+            if files is not None and not Path(files.annotations).is_file():
+                raise ConfigError(f"data.coco.{split}.annotations: {files.annotations}: no such annotation file")
+        return
     from usnprune.pruner.data.synthetic import generate
 
     s = sec.synth
-    generate(ctx.out / "data", n_train=s.n_train, n_test=s.n_test, seed=s.seed, size=s.size, force=True,
-             progress=progress_enabled())
+    generate(ctx.out / "data", n_train=s.n_train, n_test=s.n_test, seed=s.seed, size=s.size, channels=s.channels,
+             force=True, progress=progress_enabled())
 
 
 def stage_train(ctx: Context, _sec, cfg: TrainConfig) -> None:
@@ -190,13 +202,13 @@ def stage_train(ctx: Context, _sec, cfg: TrainConfig) -> None:
         if ctx.dense_checkpoint(seed).is_file() and not ctx.force:
             ctx.log(f"  seed {seed}: {ctx.dense_checkpoint(seed)} exists")
             continue
-        metrics = train(dataclasses.replace(cfg, seed=seed, data=str(ctx.data_dir),
+        metrics = train(dataclasses.replace(cfg, seed=seed, data=ctx.data,
                                             out=str(ctx.dense_checkpoint(seed).parent)), log=ctx.log, force=True)
         ctx.log(f"  seed {seed}: dense network, clean {_fmt_metrics(metrics['test'])}")
 
 
 def stage_eval(ctx: Context, _sec, cfg: EvalConfig) -> None:
-    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.data.source import load
     from usnprune.pruner.evaluate import evaluate, metrics_table
     from usnprune.pruner.models import load_checkpoint
 
@@ -205,11 +217,13 @@ def stage_eval(ctx: Context, _sec, cfg: EvalConfig) -> None:
     box = cfg.perturbation
     for seed in ctx.seeds:
         model, _ = load_checkpoint(ctx.dense_checkpoint(seed))
-        ds = load_split(ctx.data_dir, cfg.split, model.arch.input_size)
+        box.fam.check_channels(model.arch.in_channels, "eval.perturbation.family")
+        ds = load(ctx.data, cfg.split, model.arch.input_size, model.arch.in_channels)
         res = evaluate(model, ds, deltas=cfg.deltas, box=box, grid=cfg.grid)
         metrics_table(res, {"network": "dense", "seed": seed}).to_csv(out / f"dense_seed{seed}_keypoints.csv", index=False)
         atomic_write_text(out / f"dense_seed{seed}.json", json.dumps(res["overall"], indent=2))
-        ctx.log(f"  seed {seed}: dense network under eps_c={box.eps_c}, eps_b={box.eps_b}: {_fmt_metrics(res['overall'])}")
+        ctx.log(f"  seed {seed}: dense network under {box.family} eps_c={box.eps_c}, eps_b={box.eps_b}: "
+                f"{_fmt_metrics(res['overall'])}")
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -226,7 +240,7 @@ def stage_prune(ctx: Context, _sec: PruneSection, cfg: PruneConfig) -> None:
         if report_path.is_file() and (folder / CHECKPOINT_NAME).is_file() and not ctx.force:
             rep = json.loads(report_path.read_text())
         else:
-            rep = prune(dataclasses.replace(cfg, checkpoint=str(ctx.dense_checkpoint(seed)), data=str(ctx.data_dir),
+            rep = prune(dataclasses.replace(cfg, checkpoint=str(ctx.dense_checkpoint(seed)), data=ctx.data,
                                             out=str(folder), method=method, sparsity=sparsity, seed=seed), log=ctx.log,
                         force=True)
         rows.append({"method": method, "sparsity": sparsity, "seed": seed, "folder": str(folder),
@@ -240,7 +254,7 @@ def stage_export(ctx: Context, _sec: ExportSection, cfg: ExportConfig) -> None:
     if not nets:
         raise ConfigError("export: no network to export (dense: false and no prune stage)")
     export_benchmark(dataclasses.replace(cfg, checkpoints=[str(p) for _, p in nets], categories=[c for c, _ in nets],
-                                         data=str(ctx.data_dir), out=str(ctx.bench), seed=ctx.seeds[0], force=True),
+                                         data=ctx.data, out=str(ctx.bench), seed=ctx.seeds[0], force=True),
                      log=ctx.log)
 
 

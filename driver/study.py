@@ -70,8 +70,9 @@ def stage_sweep(ctx: Context, sec: SweepSection, cfg: VerifyConfig) -> None:
         bench, run = folder / "bench", folder / "run"
         if not (bench / BENCHMARK_FILE).is_file() or ctx.force:
             export_benchmark(dataclasses.replace(
-                exp, checkpoints=[str(all_nets[n]) for n in names], categories=names, data=str(ctx.data_dir),
-                out=str(bench), perturbation=Box(eps, eps), seed=ctx.seeds[0], force=True), log=ctx.log)
+                exp, checkpoints=[str(all_nets[n]) for n in names], categories=names, data=ctx.data,
+                out=str(bench), perturbation=Box(eps, eps, exp.perturbation.family), seed=ctx.seeds[0], force=True),
+                log=ctx.log)
         if ctx.force:
             ctx.discard_run(run)
         run_verify(bench, run, cfg, resume=True, log=ctx.log)

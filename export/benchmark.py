@@ -36,10 +36,11 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 from usnprune import __version__
-from usnprune.config import require
+from usnprune.config import require, to_dict
 from usnprune.errors import UsnpruneError
 from usnprune.files import PathError, inside, safe_relative
 from usnprune.pruner import perturbation
+from usnprune.pruner.data.source import DataSource
 from usnprune.pruner.models import network_name
 
 from . import onnx_model
@@ -57,10 +58,10 @@ class BenchmarkError(UsnpruneError):
 @dataclasses.dataclass
 class ExportConfig:
     checkpoints: list[str]
-    data: str
+    data: str | DataSource  # dataset folder, or COCO files per split (the split below is read)
     out: str
     categories: list[str] | None = None  # names, one per checkpoint (default: from the checkpoint)
-    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the (c, b) box
+    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the box and its family
     deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5])  # px; 0.5 separates networks at eps 0.1
     images: int = 20  # images verified (chosen from the pool by the seed)
     pool: int | None = None  # images exported (default: 2 x images, at most the test split)
@@ -92,6 +93,17 @@ def check_category(name: str, where: str = "category") -> None:
     """A category is one folder name under onnx/ and vnnlib/: letters, digits, ``._+-``."""
     require(bool(CATEGORY.fullmatch(str(name))) and ".." not in str(name), where,
             f"{name!r} is not a category name (letters, digits and ._+- only, not starting with one of ._+-)")
+
+
+def benchmark_family(bench: str | Path) -> dict | None:
+    """``{"family": name, "k": k}`` of a benchmark folder usnprune wrote (from its
+    benchmark.json; folders written before families existed are ``brightness_contrast``),
+    or None for a folder without a readable benchmark.json."""
+    try:
+        meta = json.loads((Path(bench) / BENCHMARK_FILE).read_text())
+        return {"family": str(meta.get("family", perturbation.DEFAULT_FAMILY)), "k": len(meta["input_lower"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def category_name(meta: dict, fallback: str) -> str:
@@ -154,7 +166,7 @@ def _writable_parent(out: Path) -> Path:
 
 def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
     """Write the benchmark folder; returns counts and timings."""
-    from usnprune.pruner.data.coco import load_split
+    from usnprune.pruner.data.source import load
     from usnprune.pruner.models import count_parameters, file_hash, load_checkpoint
 
     cfg.check()
@@ -175,10 +187,12 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
         raise BenchmarkError(f"two checkpoints would share a category name ({', '.join(names)}); pass categories")
     size = nets[0][1].arch.input_size
     k = nets[0][1].arch.num_keypoints
+    channels = nets[0][1].arch.in_channels
     for ck, model, _, _ in nets:
-        if model.arch.input_size != size or model.arch.num_keypoints != k:
-            raise BenchmarkError(f"{ck}: input size or keypoint count differs from {nets[0][0]}")
-    ds = load_split(cfg.data, cfg.split, size)
+        if (model.arch.input_size, model.arch.num_keypoints, model.arch.in_channels) != (size, k, channels):
+            raise BenchmarkError(f"{ck}: input size, channels or keypoint count differs from {nets[0][0]}")
+    box.fam.check_channels(channels, "export.perturbation.family")
+    ds = load(cfg.data, cfg.split, size, channels)
     if len(ds.keypoint_names) != k:
         raise BenchmarkError(f"{cfg.data}: {len(ds.keypoint_names)} keypoints, the networks have {k}")
     labelled = np.flatnonzero((np.asarray(ds.flags) >= 1).any(axis=1))
@@ -209,7 +223,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                     m, err = onnx_model.export_instance_model(image, plain, box, doc=f"usnprune {name}")
                     template = m
                 else:  # same simplified graph, this image's front weights; parity re-checked
-                    m = onnx_model.with_image(template, image)
+                    m = onnx_model.with_image(template, image, box.family)
                     err = onnx_model.check_parity(m, plain, image, box)
                 parity.append(err)
                 rel = f"onnx/{name}/img{int(image_ids[j])}.onnx"
@@ -229,9 +243,11 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                  flags=np.asarray(ds.flags)[pool], **{f"pred_{n}": p for n, p in preds.items()})
         meta_out = {
             "format": "usnprune-benchmark", "toolkit_version": __version__, "seed": cfg.seed,
+            "family": box.family, "input_names": box.names,
             "eps_c": box.eps_c, "eps_b": box.eps_b, "input_lower": list(box.lower), "input_upper": list(box.upper),
             "deltas": list(cfg.deltas), "images": cfg.images, "timeout": cfg.timeout, "reference": cfg.reference,
-            "gzip": cfg.gzip, "skip_violated": cfg.skip_violated, "min_flag": 1, "data": str(cfg.data),
+            "gzip": cfg.gzip, "skip_violated": cfg.skip_violated, "min_flag": 1,
+            "data": cfg.data if isinstance(cfg.data, str) else to_dict(cfg.data),
             "split": cfg.split, "keypoint_names": list(ds.keypoint_names), "categories": categories,
         }
         (tmp / BENCHMARK_FILE).write_text(json.dumps(meta_out, indent=1))
@@ -285,16 +301,18 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
 def _readme(meta: dict, stats: dict) -> str:
     cats = "\n".join(f"| {c['name']} | {c['method']} | {c['sparsity']} | {c['parameters']:,} | `{c['checkpoint_hash']}` |"
                      for c in meta["categories"])
+    fam = perturbation.family(meta["family"])
+    names = meta["input_names"]
+    box = ", ".join(f"`{n} in [{lo:g}, {hi:g}]`" for n, lo, hi in zip(names, meta["input_lower"], meta["input_upper"]))
     return f"""# usnprune keypoint benchmark
 
-Keypoint networks under brightness and contrast changes, in the VNN-COMP format. Each ONNX
-model takes `X` = (contrast c, brightness b), shape `[batch, 2]`, holds one image as a
-constant, computes `clip(c * image + b, 0, 1)` exactly (two Gemm branches and
-`Relu(z) - Relu(z - 1)`), runs the network, and outputs `Y` = (u0, v0, u1, v1, ...) pixel
-coordinates of {len(meta['keypoint_names'])} keypoints.
+Keypoint networks under lighting changes, in the VNN-COMP format. The lighting family is
+`{fam.name}`: {fam.doc}. Each ONNX model takes `X` = ({', '.join(names)}), shape
+`[batch, {fam.k}]`, holds one image as a constant, computes the lit image exactly (two Gemm
+branches from X and `Relu(z) - Relu(z - 1)` for the clip to [0, 1]), runs the network, and
+outputs `Y` = (u0, v0, u1, v1, ...) pixel coordinates of {len(meta['keypoint_names'])} keypoints.
 
-Each VNNLIB property: `c in [{meta['input_lower'][0]:g}, {meta['input_upper'][0]:g}]`,
-`b in [{meta['input_lower'][1]:g}, {meta['input_upper'][1]:g}]`; unsafe (sat) when one keypoint leaves
+Each VNNLIB property: {box}; unsafe (sat) when one keypoint leaves
 the L-inf box of half-width delta ({', '.join(f'{d:g}' for d in meta['deltas'])} px) around its
 reference ({'ground truth' if meta['reference'] == 'gt' else 'the clean prediction'}). `unsat` = certified.
 

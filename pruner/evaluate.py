@@ -4,8 +4,8 @@ Distances are L-infinity in pixels, the same tolerance box the verifier certifie
 every empirical figure here is an upper bound of its certified counterpart:
 
 * ``pck@d``        -- share of labelled keypoints within ``d`` px of the ground truth;
-* ``robust_pck@d`` -- ... within ``d`` px of the ground truth for *every* (c, b) of a dense
-  grid over the box (an upper bound of certified accuracy);
+* ``robust_pck@d`` -- ... within ``d`` px of the ground truth for *every* point of a dense
+  grid over the lighting box (an upper bound of certified accuracy);
 * ``stable_pck@d`` -- ... within ``d`` px of the network's own clean prediction for every
   grid point (an upper bound of certified stability);
 * ``mean_error_px`` -- mean Euclidean distance to the ground truth on clean images.
@@ -29,7 +29,7 @@ class EvalConfig:
 
     perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)
     deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])  # px
-    grid: int = 11  # grid points per axis of the box (corners and identity included)
+    grid: int = 11  # grid points per axis of the box (corners and identity included; capped for k > 2)
     split: str = "test"
 
     def check(self, where: str) -> None:
@@ -44,9 +44,10 @@ def _fmt(d: float) -> str:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images, thetas: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
+def predict(model: torch.nn.Module, images, thetas: np.ndarray | None = None, batch: int = 512,
+            fam: str | perturbation.Family | perturbation.Box = perturbation.DEFAULT_FAMILY) -> np.ndarray:
     """Keypoints ``[N, K, 2]`` (float64) for images ``[N, C, H, W]``, optionally under one
-    perturbation per image (``thetas [N, 2]``)."""
+    perturbation of family ``fam`` per image (``thetas [N, k]``)."""
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images, dtype=torch.float32)
     model.eval()
     dev = next(model.parameters()).device
@@ -54,7 +55,7 @@ def predict(model: torch.nn.Module, images, thetas: np.ndarray | None = None, ba
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
         if thetas is not None:
-            xb = perturbation.apply(xb, torch.as_tensor(thetas[i : i + batch], dtype=xb.dtype))
+            xb = perturbation.apply(xb, torch.as_tensor(thetas[i : i + batch], dtype=xb.dtype), fam)
         out.append(model(xb.to(dev)).double().cpu())
     y = torch.cat(out) if out else torch.zeros(0)
     return y.view(len(x), -1, 2).numpy()
@@ -62,7 +63,8 @@ def predict(model: torch.nn.Module, images, thetas: np.ndarray | None = None, ba
 
 @torch.no_grad()
 def worst_deviation(model: torch.nn.Module, images, refs: np.ndarray, thetas: np.ndarray,
-                    batch: int = 4096) -> np.ndarray:
+                    batch: int = 4096,
+                    fam: str | perturbation.Family | perturbation.Box = perturbation.DEFAULT_FAMILY) -> np.ndarray:
     """``[N, K]``: for each image and keypoint, the largest L-inf distance between the
     prediction under any of ``thetas`` and ``refs[i, k]``. All (image, theta) pairs are run
     in large batches."""
@@ -73,7 +75,7 @@ def worst_deviation(model: torch.nn.Module, images, refs: np.ndarray, thetas: np
     worst = []
     model.eval()
     for i in range(0, len(x), per):
-        xb = perturbation.pairs(x[i : i + per], thetas).to(dev)
+        xb = perturbation.pairs(x[i : i + per], thetas, fam).to(dev)
         y = model(xb).double().cpu().view(-1, m, refs.shape[1], 2).numpy()
         d = np.abs(y - refs[i : i + per, None]).max(axis=-1)  # [n, m, K]
         worst.append(d.max(axis=1))
@@ -83,7 +85,8 @@ def worst_deviation(model: torch.nn.Module, images, refs: np.ndarray, thetas: np
 def evaluate(model: torch.nn.Module, ds, deltas=(1.0, 2.0), box: perturbation.Box | None = None,
              grid: int = 11, batch: int = 512) -> dict:
     """Metrics overall and per keypoint. ``ds`` is a KeypointDataset. Robust metrics only
-    when ``box`` is given (a ``grid x grid`` grid over it, corners and identity included)."""
+    when ``box`` is given (``box.grid(grid)``: for two parameters a ``grid x grid`` grid,
+    corners and identity included; for more, see :meth:`~.perturbation.Box.grid`)."""
     mask = np.asarray(ds.flags) >= 1
     gt = np.asarray(ds.keypoints, dtype=np.float64)
     pred = predict(model, ds.images, batch=batch)
@@ -95,8 +98,8 @@ def evaluate(model: torch.nn.Module, ds, deltas=(1.0, 2.0), box: perturbation.Bo
         cols[f"pck@{_fmt(d)}"] = linf <= d
     if box is not None:
         thetas = box.grid(grid)
-        dev_gt = worst_deviation(model, ds.images, gt, thetas)
-        dev_self = worst_deviation(model, ds.images, pred, thetas)
+        dev_gt = worst_deviation(model, ds.images, gt, thetas, fam=box)
+        dev_self = worst_deviation(model, ds.images, pred, thetas, fam=box)
         for d in deltas:
             cols[f"robust_pck@{_fmt(d)}"] = dev_gt <= d
             cols[f"stable_pck@{_fmt(d)}"] = dev_self <= d

@@ -2,16 +2,17 @@
 
 Graph (opset 13, IR version 7 -- loadable by the older onnx inside verifier environments)::
 
-    X [batch, 2] = (c, b)
-      ├─ Gemm(X, F, 0)  -> z      F = [image.flatten(); ones]  so z = c*x + b, exactly
-      └─ Gemm(X, F, -1) -> z1     z - 1, computed as its own branch from X
-    pixels = Relu(z) - Relu(z1)  == clip(c*x + b, 0, 1)
+    X [batch, k] = theta          the lighting family's k parameters, e.g. (c, b)
+      ├─ Gemm(X, F, base)     -> z    F = [d_1(x); ...; d_k(x)]  so z = x'(theta) before the clip,
+      │                                exactly (brightness_contrast: F = [x; 1], base = 0: c*x + b)
+      └─ Gemm(X, F, base - 1) -> z1   z - 1, computed as its own branch from X
+    pixels = Relu(z) - Relu(z1)  == clip(z, 0, 1)
     Reshape(pixels, [-1, C, H, W])
     Conv -> Relu -> ... -> [AveragePool] -> Flatten -> Gemm -> Relu -> ... -> Gemm
     Y [batch, 2K]   (u0, v0, u1, v1, ...) in pixels
 
 Why this shape:
-* ``c*x + b`` as one Gemm from the two inputs is exact for every verifier (no Mul of two
+* ``x'(theta)`` as one Gemm from the k inputs is exact for every verifier (no Mul of two
   variables, no broadcasting tricks that only work at batch 1).
 * The clip is ``Relu(z) - Relu(z - 1)``: a Clip node becomes a HardTanh in
   alpha-beta-CROWN, whose forward bound modes crash on it; ReLU is handled by all.
@@ -31,6 +32,8 @@ from torch import nn
 
 from usnprune.errors import UsnpruneError
 
+from .perturbation import DEFAULT_FAMILY, Family, family
+
 OPSET = 13
 IR_VERSION = 7
 INPUT_NAME = "X"
@@ -45,8 +48,20 @@ def initializer(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
 
 
-def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "") -> onnx.ModelProto:
-    """The ONNX graph of ``plain(clip(c * image + b, 0, 1))`` with input X = (c, b).
+def front_initializers(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) -> list[onnx.TensorProto]:
+    """``front_W`` (the directions, ``[k, P]``), ``front_b0`` (base) and ``front_b1``
+    (base - 1) for one image ``[C, H, W]``: the only image-dependent tensors of the graph."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[None]
+    D, base = family(fam).directions_matrix(img)
+    return [initializer("front_W", D), initializer("front_b0", base), initializer("front_b1", base - 1.0)]
+
+
+def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "",
+                fam: str | Family = DEFAULT_FAMILY) -> onnx.ModelProto:
+    """The ONNX graph of ``plain(x'(theta))`` with input X = theta, the ``fam`` family's
+    k parameters (default: (c, b), ``x' = clip(c * image + b, 0, 1)``).
 
     ``image``: ``[C, H, W]`` (or ``[H, W]``) in [0, 1]; ``plain``: the output of
     ``KeypointNet.to_plain()`` (Conv2d, ReLU, AvgPool2d, Flatten, Linear only).
@@ -55,16 +70,14 @@ def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "") -> onnx.
     if img.ndim == 2:
         img = img[None]
     c, h, w = img.shape
-    front = np.stack([img.reshape(-1), np.ones(img.size, dtype=np.float32)])  # [2, P]
-    inits = [
-        initializer("front_W", front),
-        initializer("front_b0", np.zeros(img.size)),
-        initializer("front_b1", -np.ones(img.size)),
+    n_params = family(fam).k
+    front = "contrast_brightness" if family(fam).name == DEFAULT_FAMILY else "lighting"  # k = 2 files stay as they were
+    inits = front_initializers(img, fam) + [
         numpy_helper.from_array(np.array([-1, c, h, w], dtype=np.int64), "image_shape"),
     ]
     nodes = [
-        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b0"], ["z"], name="contrast_brightness"),
-        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b1"], ["z_minus_1"], name="contrast_brightness_minus_1"),
+        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b0"], ["z"], name=front),
+        helper.make_node("Gemm", [INPUT_NAME, "front_W", "front_b1"], ["z_minus_1"], name=f"{front}_minus_1"),
         helper.make_node("Relu", ["z"], ["relu_z"], name="clip_low"),
         helper.make_node("Relu", ["z_minus_1"], ["relu_z_minus_1"], name="clip_high"),
         helper.make_node("Sub", ["relu_z", "relu_z_minus_1"], ["pixels"], name="clip"),
@@ -103,7 +116,7 @@ def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "") -> onnx.
     n_out = layers[-1].out_features
     graph = helper.make_graph(
         nodes, "usnprune_keypoints",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_params])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_out])],
         initializer=inits,
     )

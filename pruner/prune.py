@@ -32,6 +32,7 @@ from usnprune.errors import ConfigError
 from usnprune.files import OutputFolder
 
 from . import perturbation
+from .data.source import DataSource
 from .importance import get_importance, make_calibration
 from .models import (
     CHECKPOINT_NAME,
@@ -84,14 +85,14 @@ class ScheduleConfig:
 @dataclasses.dataclass
 class PruneConfig:
     checkpoint: str  # the dense network
-    data: str  # dataset folder
+    data: str | DataSource  # dataset folder, or COCO files per split (docs/dataset.md)
     out: str  # output folder
     method: Literal["none", "random", "magnitude", "activation", "usn", "usn_w"] = "usn_w"
     sparsity: float = 0.5  # share of prunable units removed
     ranking: Literal["global", "layer"] = "global"
     min_keep: int = 1  # units every layer keeps (global ranking)
     min_keep_ratio: float = 0.05  # ... and at least this share of its original width (global ranking)
-    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the box USN is scored on
+    perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the box (and family) USN is scored on
     bound_weight: float = 0.0  # weight of the bound-based stability term in USN (0 = off)
     calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
@@ -116,8 +117,15 @@ def load_prune_config(path: str, **overrides) -> PruneConfig:
     from usnprune.config import load_yaml
 
     raw = load_yaml(path)
+    family = overrides.pop("family", None)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(PruneConfig, raw, where=str(path))
+    cfg = from_dict(PruneConfig, raw, where=str(path))
+    if family is not None:  # --family: the box USN is scored on and the augmentation box
+        perturbation.family(family, "--family")
+        cfg.perturbation = perturbation.Box.make(cfg.perturbation.eps_c, cfg.perturbation.eps_b, family, "--family")
+        aug = cfg.augment.perturbation
+        cfg.augment.perturbation = perturbation.Box.make(aug.eps_c, aug.eps_b, family, "--family")
+    return cfg
 
 
 # ---- choosing units -------------------------------------------------------------------
@@ -293,7 +301,7 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
     wrote it)."""
     import pandas as pd
 
-    from .data.coco import load_split
+    from .data.source import load, load_eval
     from .evaluate import evaluate, predict
 
     folder = OutputFolder(cfg.out, "prune", force, flag="out", inputs=[cfg.checkpoint])
@@ -301,12 +309,14 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
     dense, meta = load_checkpoint(cfg.checkpoint)
     if not dense.widths():
         raise ConfigError(f"{cfg.checkpoint}: the network has no prunable layer")
-    size = dense.arch.input_size
-    train_ds = load_split(cfg.data, "train", size)
+    size, channels = dense.arch.input_size, dense.arch.in_channels
+    cfg.perturbation.fam.check_channels(channels, "prune.perturbation.family")
+    cfg.augment.perturbation.fam.check_channels(channels, "prune.augment.perturbation.family")
+    train_ds = load(cfg.data, "train", size, channels)
     check_keypoints(dense, train_ds, cfg.checkpoint, cfg.data)
     if cfg.max_train is not None and cfg.max_train < len(train_ds):
         train_ds = train_ds.subset(np.arange(cfg.max_train))
-    test_ds = load_split(cfg.data, "test", size)
+    test_ds, eval_split = load_eval(cfg.data, size, channels, log)
     log(f"pruning {cfg.checkpoint} with {cfg.method} to sparsity {cfg.sparsity:g} ({cfg.ranking} ranking)")
     t0 = time.perf_counter()
     pruned, history = progressive_prune(
@@ -338,6 +348,8 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
         "prune_seconds": round(seconds, 2),
         "steps": history,
         "test": res["overall"],
+        "eval_split": eval_split,
+        "family": box.family,
         "config": to_dict(cfg),
     }
     new_meta = dict(meta, method=cfg.method, sparsity=cfg.sparsity, seed=cfg.seed, dense_hash=report["dense_hash"],
@@ -355,18 +367,19 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
     return report
 
 
-def analyze(checkpoint: str, data: str, out: str, box: perturbation.Box = perturbation.Box(), images: int = 64,
-            perturbations: int = 16, seed: int = 0, force: bool = False) -> list[dict]:
+def analyze(checkpoint: str, data: str | DataSource, out: str, box: perturbation.Box = perturbation.Box(),
+            images: int = 64, perturbations: int = 16, seed: int = 0, force: bool = False) -> list[dict]:
     """The layer analysis (``usnprune prune --analyze-only``): CSV + plot."""
     import pandas as pd
 
-    from .data.coco import load_split
+    from .data.source import load
     from .importance import layer_analysis
 
     folder = OutputFolder(out, "prune --analyze-only", force, flag="out", inputs=[checkpoint])
     folder.claim(ANALYSIS)
     model, _ = load_checkpoint(checkpoint)
-    ds = load_split(data, "train", model.arch.input_size)
+    box.fam.check_channels(model.arch.in_channels, "prune.perturbation.family")
+    ds = load(data, "train", model.arch.input_size, model.arch.in_channels)
     check_keypoints(model, ds, checkpoint, data)
     calib = make_calibration(ds.images, box, images, perturbations, seed)
     rows = layer_analysis(model, calib)

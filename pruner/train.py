@@ -23,6 +23,7 @@ from usnprune.errors import ConfigError, UsnpruneError
 from usnprune.files import OutputFolder
 
 from . import perturbation
+from .data.source import DataSource
 from .models import (
     CHECKPOINT_NAME,
     KeypointNet,
@@ -40,7 +41,7 @@ class TrainingError(UsnpruneError):
 
 @dataclasses.dataclass
 class AugmentConfig:
-    """Brightness/contrast augmentation: one uniform (c, b) per image from this box."""
+    """Lighting augmentation: one uniform perturbation per image from this box (of its family)."""
 
     perturbation: perturbation.Box = dataclasses.field(default_factory=lambda: perturbation.Box(0.2, 0.2))
     prob: float = 1.0  # share of images in a batch that get perturbed
@@ -68,7 +69,7 @@ class OptimConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    data: str  # dataset folder (COCO-keypoints layout, see docs/dataset.md)
+    data: str | DataSource  # dataset folder, or COCO files per split (docs/dataset.md)
     out: str  # output folder: model.pt, train_metrics.json, history.csv
     arch: Any = "large"  # registry name (tiny, small, medium, large, xlarge) or a mapping
     input_size: int = 32
@@ -219,19 +220,24 @@ def fit(
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = False) -> dict:
     """Train a network as configured; writes ``out/model.pt``, ``out/train_metrics.json`` and
     ``out/history.csv`` together at the end (usnprune.files.OutputFolder: an existing file is
-    replaced only with ``force``, and only when an earlier usnprune command wrote it)."""
-    from .data.coco import load_split
+    replaced only with ``force``, and only when an earlier usnprune command wrote it).
+
+    The network takes as many channels as the data has (grayscale 1, RGB 3, see
+    :func:`~.data.coco.load_coco`); the augmentation family must fit them."""
+    from .data.source import load, load_eval
     from .evaluate import evaluate
 
     folder = OutputFolder(cfg.out, "train", force, flag="out")
     folder.claim(OUTPUTS)  # before minutes of training
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device, "device")
-    train_ds = load_split(cfg.data, "train", cfg.input_size)
+    train_ds = load(cfg.data, "train", cfg.input_size)
     if cfg.max_train is not None and cfg.max_train < len(train_ds):
         train_ds = train_ds.subset(np.arange(cfg.max_train))
-    test_ds = load_split(cfg.data, "test", cfg.input_size)
+    cfg.augment.perturbation.fam.check_channels(train_ds.channels, "train.augment.perturbation.family")
+    test_ds, eval_split = load_eval(cfg.data, cfg.input_size, train_ds.channels, log)
     arch = arch_from(cfg.arch, input_size=cfg.input_size, num_keypoints=len(train_ds.keypoint_names), where="train.arch")
+    arch.in_channels = train_ds.channels
     model = KeypointNet(arch)
     images = torch.as_tensor(train_ds.images)
     kps = torch.as_tensor(train_ds.keypoints)
@@ -248,7 +254,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = Fa
         "keypoint_names": list(train_ds.keypoint_names),
         "skeleton": [list(s) for s in getattr(train_ds, "skeleton", []) or []],
         "train_config": to_dict(cfg),
-        "dataset": str(cfg.data),
+        "dataset": cfg.data if isinstance(cfg.data, str) else to_dict(cfg.data),
         "seed": cfg.seed,
         "method": "dense",
         "sparsity": 0.0,
@@ -259,6 +265,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = Fa
         "train_seconds": round(seconds, 2),
         "final_loss": history[-1]["task"] if history else None,
         "test": clean["overall"],
+        "eval_split": eval_split,
     }
     import pandas as pd
 

@@ -7,12 +7,13 @@ Standalone (numpy and onnx only; no usnprune, no network access) and determinist
 seed selects which images of the folder's pool are verified (the same images for every
 network), and everything else comes from files this folder holds:
 
-* ``benchmark.json``  -- the box, tolerances, reference, timeout, number of images, the
-  networks (categories) and their ONNX file per pool image;
+* ``benchmark.json``  -- the lighting family and its k-D box, tolerances, reference,
+  timeout, number of images, the networks (categories) and their ONNX file per pool image;
 * ``properties.npz``  -- for every pool image: ground-truth keypoints, COCO flags, and each
   network's clean prediction (the onnxruntime output at the identity (c, b) = (1, 0)).
 
-A property per (network, image, keypoint, delta): the input box is the (c, b) box; the
+A property per (network, image, keypoint, delta): the input box is the family's box over
+its k parameters (k = 2, (c, b), for brightness_contrast); the
 asserted output region is the unsafe set, the keypoint leaving the closed L-inf box of
 half-width delta pixels around its reference (ground truth, or the clean prediction).
 """
@@ -35,8 +36,12 @@ def _num(v):
     return "0.0" if s == "-0.0" else s
 
 
-def format_property(n_outputs, keypoint, reference, delta, lower, upper, comments=()):
-    """VNNLIB text: (c, b) box, unsafe set = keypoint outside the delta box."""
+DEFAULT_FAMILY = "brightness_contrast"
+
+
+def format_property(n_outputs, keypoint, reference, delta, lower, upper, comments=(), input_names=None):
+    """VNNLIB text: the k-D input box, unsafe set = keypoint outside the delta box.
+    ``input_names`` (the family's parameters) only label the box in a comment."""
     if not delta > 0:
         raise ValueError("delta must be > 0, got %r" % delta)
     u, v = float(reference[0]), float(reference[1])
@@ -44,7 +49,8 @@ def format_property(n_outputs, keypoint, reference, delta, lower, upper, comment
     lines = ["; " + c if c else ";" for c in comments]
     lines += ["(declare-const X_%d Real)" % i for i in range(len(lower))]
     lines += ["(declare-const Y_%d Real)" % j for j in range(n_outputs)]
-    lines += ["", "; the (contrast, brightness) box"]
+    lines += ["", "; the (contrast, brightness) box" if input_names is None
+              else "; the lighting box: (%s)" % ", ".join(input_names)]
     for i, (lo, hi) in enumerate(zip(lower, upper)):
         lines.append("(assert (>= X_%d %s))" % (i, _num(lo)))
         lines.append("(assert (<= X_%d %s))" % (i, _num(hi)))
@@ -92,6 +98,10 @@ def generate(folder, seed):
     lower, upper = meta["input_lower"], meta["input_upper"]
     deltas, timeout, reference = meta["deltas"], float(meta["timeout"]), meta["reference"]
     gz = bool(meta.get("gzip", False))
+    family = meta.get("family", DEFAULT_FAMILY)
+    input_names = None if family == DEFAULT_FAMILY else meta["input_names"]
+    if len(lower) != len(upper) or any(not lo <= hi for lo, hi in zip(lower, upper)):
+        raise ValueError("benchmark.json: the input box is empty or malformed: %r .. %r" % (lower, upper))
     chosen = select_images(pool_ids, meta["images"], seed)
     instances, manifest = [], []
     skipped_invisible = skipped_violated = 0
@@ -117,10 +127,11 @@ def generate(folder, seed):
                     comments = [
                         "usnprune keypoint property (generate_properties.py seed %d)" % seed,
                         "network: %s  checkpoint: %s  image: %d  keypoint: %s (%d)" % (cat["name"], cat.get("checkpoint_hash", "?"), image_id, kname, k),
-                        "reference: %s (%s, %s)  delta: %s px  eps_c: %s  eps_b: %s" % (reference, _num(ref[0]), _num(ref[1]), _num(d), _num(meta["eps_c"]), _num(meta["eps_b"])),
+                        "reference: %s (%s, %s)  delta: %s px  eps_c: %s  eps_b: %s" % (reference, _num(ref[0]), _num(ref[1]), _num(d), _num(meta["eps_c"]), _num(meta["eps_b"]))
+                        + ("" if input_names is None else "  family: %s" % family),
                         "toolkit: usnprune %s" % meta.get("toolkit_version", "?"),
                     ]
-                    _write(os.path.join(folder, rel), format_property(n_out, k, ref, d, lower, upper, comments), gz)
+                    _write(os.path.join(folder, rel), format_property(n_out, k, ref, d, lower, upper, comments, input_names), gz)
                     instances.append((onnx_rel, rel, timeout))
                     manifest.append({
                         "instance": len(instances) - 1, "onnx": onnx_rel, "vnnlib": rel, "category": cat["name"],
@@ -128,7 +139,7 @@ def generate(folder, seed):
                         "method": cat.get("method", ""), "sparsity": cat.get("sparsity", ""),
                         "seed": cat.get("seed", ""), "parameters": cat.get("parameters", ""),
                         "image_id": image_id, "keypoint": k, "keypoint_name": kname, "delta": d,
-                        "eps_c": meta["eps_c"], "eps_b": meta["eps_b"], "reference": reference,
+                        "eps_c": meta["eps_c"], "eps_b": meta["eps_b"], "family": family, "reference": reference,
                         "ref_u": float(ref[0]), "ref_v": float(ref[1]),
                         "gt_u": float(gt[p, k, 0]), "gt_v": float(gt[p, k, 1]),
                         "pred_u": float(pred[p, k, 0]), "pred_v": float(pred[p, k, 1]),

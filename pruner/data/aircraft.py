@@ -274,7 +274,7 @@ def _cast(origin: np.ndarray, dirs: np.ndarray, windows=None, light: np.ndarray 
 class Sample:
     """One rendered view: what :func:`generate` writes for an image."""
 
-    image: np.ndarray  # [S, S] float64 in [0, 1] (before 8-bit quantization)
+    image: np.ndarray  # [S, S] (or [S, S, 3] RGB) float64 in [0, 1] (before 8-bit quantization)
     keypoints: np.ndarray  # [K, 2] (x, y) pixels, also for keypoints outside the image
     flags: np.ndarray  # [K] int8, COCO v: 2 visible, 1 occluded by the aircraft, 0 outside
     coverage: np.ndarray  # [S, S] fraction of each pixel covered by the aircraft
@@ -347,8 +347,14 @@ def _background(rng: np.random.Generator, size: int, level: float, opt: SynthOpt
     return bg
 
 
-def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOptions | None = None) -> Sample:
-    """Draw one random view of the aircraft with ``rng`` and render it at ``size`` x ``size``."""
+def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOptions | None = None,
+                  color_rng: np.random.Generator | None = None) -> Sample:
+    """Draw one random view of the aircraft with ``rng`` and render it at ``size`` x ``size``.
+
+    With ``color_rng`` the image is RGB: the background and the aircraft each get a colour
+    tint drawn from it (each channel scaled by ``1 + 0.35 u``, ``u`` uniform in [-1, 1]), and
+    the pixel noise is drawn per channel. Everything else -- view, shading, keypoints -- comes
+    from ``rng`` exactly as for the grayscale image, which stays byte-identical."""
     opt = options or SynthOptions()
     ss = opt.supersample
     deg = np.radians
@@ -409,9 +415,15 @@ def render_sample(rng: np.random.Generator, size: int = 32, options: SynthOption
     lo, hi = max(mid - half, 0.0), min(mid + half, 1.0)
     bg = _background(rng, size, level, opt)
     # shade is already coverage-weighted (mean over supersamples of tone * lambert)
-    img = bg * (1.0 - coverage) + lo * coverage + (hi - lo) * shade
+    if color_rng is None:
+        img = bg * (1.0 - coverage) + lo * coverage + (hi - lo) * shade
+        ref = level
+    else:
+        t_bg, t_obj = 1.0 + 0.35 * color_rng.uniform(-1.0, 1.0, (2, 3))
+        img = (bg[..., None] * t_bg) * (1.0 - coverage[..., None]) + (lo * coverage + (hi - lo) * shade)[..., None] * t_obj
+        ref = level * t_bg
     if opt.background != "plain":
-        img = level + (img - level) * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+        img = ref + (img - ref) * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
         img = img + rng.normal(0.0, rng.uniform(*opt.noise), img.shape)
     img = np.clip(img, 0.0, 1.0)
 

@@ -1,12 +1,14 @@
-"""Read any COCO-keypoints dataset into fixed-size grayscale arrays for the networks.
+"""Read any COCO-keypoints dataset into fixed-size grayscale or RGB arrays for the networks.
 
 Every dataset takes this one path, the synthetic one included, so that a user's real data
-works exactly like ours. Each annotation with at least one labelled keypoint becomes one
-sample: its image is converted to grayscale, optionally cropped to a square around the
-annotation, and resized to ``size x size``; its keypoints go through the very same map
-(docs/dataset.md gives the formulas). Every problem with the files raises
-:class:`~pruner.errors.DataError` as one line naming the file; bad arguments raise
-:class:`~pruner.errors.ConfigError`.
+works exactly like ours. Each non-crowd annotation of the keypoint category with at least
+one labelled keypoint becomes one sample: its image is decoded (grayscale or RGB),
+optionally cropped to a square around the annotation, and resized to ``size x size``; its
+keypoints go through the very same map (docs/dataset.md gives the formulas). pycocotools
+indexes the file (images by id, categories by name, annotations by category); the fields it
+and this loader need are checked first, so that a missing one is named. Every problem with
+the files raises :class:`~pruner.errors.DataError` as one line naming the file; bad
+arguments raise :class:`~pruner.errors.ConfigError`.
 
 Decoded arrays are cached in ``.usnprune-cache/`` beside the JSON file, keyed by a hash of
 the JSON bytes, the loading options and each used image's size and modification time, so a
@@ -15,8 +17,10 @@ changed file is never served stale. A read-only dataset folder just goes uncache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -24,15 +28,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from usnprune.errors import ConfigError, DataError
 
+from .images import decode, is_color, resample, source_box  # noqa: F401  (resample, source_box: public here too)
+
 CROPS = ("auto", "none", "bbox")
+CHANNELS = ("auto", 1, 3)
 PADS = ("edge", "zero")
 CACHE_DIR = ".usnprune-cache"
 # Bump whenever the same inputs would load to different arrays.
-LOADER_VERSION = 1
+LOADER_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -44,7 +50,7 @@ class KeypointDataset:
     not labelled (flag 0) have coordinates (0, 0).
     """
 
-    images: np.ndarray  # [N, 1, S, S] float32 in [0, 1]
+    images: np.ndarray  # [N, C, S, S] float32 in [0, 1]; C = 1 (grayscale) or 3 (RGB)
     keypoints: np.ndarray  # [N, K, 2] float32 (x, y)
     flags: np.ndarray  # [N, K] int8, COCO v: 2 visible, 1 labelled but occluded, 0 not labelled
     image_ids: np.ndarray  # [N] int64, COCO image ids
@@ -55,7 +61,8 @@ class KeypointDataset:
 
     def __post_init__(self) -> None:
         n, k = self.flags.shape
-        if self.images.shape[:2] != (n, 1) or self.keypoints.shape != (n, k, 2) or len(self.keypoint_names) != k:
+        if (self.images.ndim != 4 or self.images.shape[0] != n or self.keypoints.shape != (n, k, 2)
+                or len(self.keypoint_names) != k):
             raise ValueError(
                 f"inconsistent KeypointDataset shapes: images {self.images.shape}, keypoints "
                 f"{self.keypoints.shape}, flags {self.flags.shape}, {len(self.keypoint_names)} names"
@@ -75,6 +82,10 @@ class KeypointDataset:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
@@ -93,7 +104,7 @@ class KeypointDataset:
         )
 
     def to_torch(self):
-        """``(images [N,1,S,S] float32, keypoints [N,K,2] float32, visible [N,K] bool)`` tensors
+        """``(images [N,C,S,S] float32, keypoints [N,K,2] float32, visible [N,K] bool)`` tensors
         (images and keypoints share memory with the arrays)."""
         import torch
 
@@ -137,22 +148,6 @@ def _read_json(path: Path) -> tuple[bytes, dict]:
     return raw, data
 
 
-def _pick_categories(path: Path, categories: list, category: str | int | None) -> tuple[set, dict]:
-    """The ids of the keypoint categories to load and the one category describing them."""
-    kp = [c for c in categories if isinstance(c, dict) and isinstance(c.get("keypoints"), list) and c["keypoints"]]
-    if not kp:
-        raise DataError(f"{path}: not a COCO keypoints file: no category lists 'keypoints'")
-    if category is not None:
-        kp = [c for c in kp if category in (c.get("id"), c.get("name"))]
-        if not kp:
-            raise DataError(f"{path}: no keypoint category with name or id {category!r}")
-    names = {tuple(map(str, c["keypoints"])) for c in kp}
-    if len(names) > 1:
-        which = ", ".join(f"{c.get('name')!r} ({len(c['keypoints'])} keypoints)" for c in kp)
-        raise DataError(f"{path}: several keypoint categories with different keypoints ({which}); choose one with category=")
-    return {c.get("id") for c in kp}, kp[0]
-
-
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -161,22 +156,82 @@ def _integer(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _items(path: Path, data: dict, image_dir: Path, cat_ids: set, k: int) -> tuple[list[_Item], Counter]:
-    """Every annotation with a labelled keypoint, in file order; and annotations per image."""
-    images = {}
+def _check_fields(path: Path, data: dict) -> None:
+    """Every field pycocotools' index and this loader rely on, named where it is missing."""
+    seen: set = set()
     for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-            raise DataError(f"{path}: images[{i}] has no 'id' or no 'file_name'")
-        images[im["id"]] = im
-    items, per_image, with_keypoints = [], Counter(), 0
+        if not isinstance(im, dict) or "id" not in im:
+            raise DataError(f"{path}: images[{i}] has no 'id'")
+        if not _integer(im["id"]):
+            raise DataError(f"{path}: images[{i}] has an 'id' that is not an integer: {im['id']!r}")
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise DataError(f"{path}: images[{i}] (id {im['id']}) has no 'file_name'")
+        if im["id"] in seen:
+            raise DataError(f"{path}: images[{i}]: image id {im['id']} appears twice")
+        seen.add(im["id"])
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise DataError(f"{path}: categories[{i}] has no 'id'")
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or ann.get("category_id") not in cat_ids or ann.get("iscrowd", 0):
-            continue
-        aid = ann.get("id", i)
-        if not _integer(aid) or not _integer(ann.get("image_id")):
-            raise DataError(f"{path}: annotations[{i}] has an 'id' or 'image_id' that is not an integer")
-        if "keypoints" not in ann:
-            continue
+        if not isinstance(ann, dict):
+            raise DataError(f"{path}: annotations[{i}] is not an object")
+        label = f"annotations[{i}]" + (f" (id {ann['id']})" if "id" in ann else "")
+        for key in ("id", "image_id", "category_id"):
+            if key not in ann:
+                raise DataError(f"{path}: {label} has no '{key}'")
+        if not _integer(ann["id"]) or not _integer(ann["image_id"]):
+            raise DataError(f"{path}: {label} has an 'id' or 'image_id' that is not an integer")
+
+
+def _index(path: Path, data: dict):
+    """pycocotools' index of the file (after :func:`_check_fields`: it would raise a bare
+    KeyError on a missing field)."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress lines
+        index = COCO()
+        index.dataset = data
+        index.createIndex()
+    return index
+
+
+def _pick_categories(path: Path, index, category: str | int | None) -> tuple[list, dict]:
+    """The ids of the keypoint categories to load and the one category describing them."""
+    cats = [c for c in index.dataset["categories"] if isinstance(c, dict)]
+    if category is not None:
+        ids = index.getCatIds(catNms=[category])  # by name
+        if not ids:
+            want = int(category) if isinstance(category, str) and category.strip().lstrip("-").isdigit() else category
+            ids = index.getCatIds(catIds=[want])  # or by id
+        if not ids:
+            names = ", ".join(repr(c.get("name", c["id"])) for c in cats) or "none"
+            raise DataError(f"{path}: no category {category!r} (the file has: {names})")
+        chosen = [index.cats[i] for i in ids]
+        kp = [c for c in chosen if isinstance(c.get("keypoints"), list) and c["keypoints"]]
+        if not kp:
+            raise DataError(f"{path}: category {category!r} lists no 'keypoints'")
+    else:
+        kp = [c for c in cats if isinstance(c.get("keypoints"), list) and c["keypoints"]]
+        if not kp:
+            raise DataError(f"{path}: not a COCO keypoints file: no category lists 'keypoints'")
+    names = {tuple(map(str, c["keypoints"])) for c in kp}
+    if len(names) > 1:
+        which = ", ".join(f"{c.get('name')!r} ({len(c['keypoints'])} keypoints)" for c in kp)
+        raise DataError(f"{path}: several keypoint categories with different keypoints ({which}); "
+                        "choose one with category= (--category)")
+    return [c["id"] for c in kp], kp[0]
+
+
+def _items(path: Path, index, image_dir: Path, cat_ids: list, cat: dict) -> tuple[list[_Item], Counter]:
+    """Every non-crowd annotation of the categories with a labelled keypoint, in file order;
+    and annotations with keypoints per image."""
+    k = len(cat["keypoints"])
+    items, per_image, with_keypoints = [], Counter(), 0
+    anns = index.loadAnns(index.getAnnIds(catIds=cat_ids))
+    for ann in anns:
+        aid = ann["id"]
+        if ann.get("iscrowd", 0) or "keypoints" not in ann:
+            continue  # crowd regions hold no single instance's keypoints
         with_keypoints += 1
         kps = ann["keypoints"]
         if not isinstance(kps, list) or len(kps) != 3 * k:
@@ -186,16 +241,16 @@ def _items(path: Path, data: dict, image_dir: Path, cat_ids: set, k: int) -> tup
             )
         if not all(_number(v) for v in kps):
             raise DataError(f"{path}: annotation id {aid} has a keypoint value that is not a finite number")
-        if ann.get("image_id") not in images:
-            raise DataError(f"{path}: annotation id {aid} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
+        im = index.imgs.get(ann["image_id"])
+        if im is None:
+            raise DataError(f"{path}: annotation id {aid} refers to image id {ann['image_id']!r}, which is not in 'images'")
         per_image[ann["image_id"]] += 1
         arr = np.asarray(kps, dtype=np.float64).reshape(k, 3)
         flags = arr[:, 2].astype(np.int64)
-        if np.any((flags < 0) | (flags > 2)):
+        if np.any((flags < 0) | (flags > 2)) or np.any(arr[:, 2] != flags):
             raise DataError(f"{path}: annotation id {aid} has a visibility flag other than 0, 1 or 2")
         if not flags.any():
             continue
-        im = images[ann["image_id"]]
         bbox = ann.get("bbox")
         ok_bbox = isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox) and bbox[2] > 0 and bbox[3] > 0
         items.append(
@@ -210,73 +265,24 @@ def _items(path: Path, data: dict, image_dir: Path, cat_ids: set, k: int) -> tup
                 bbox=tuple(float(v) for v in bbox) if ok_bbox else None,
             )
         )
+    name = cat.get("name", cat["id"])
+    if not anns:
+        raise DataError(f"{path}: no annotation of category {name!r}")
     if not with_keypoints:
-        raise DataError(f"{path}: not a COCO keypoints file: no annotation has 'keypoints'")
+        raise DataError(f"{path}: not a COCO keypoints file: no annotation of category {name!r} has 'keypoints'")
     return items, per_image
 
 
-# ---- images, crops and resizes --------------------------------------------------------
+# ---- images ---------------------------------------------------------------------------
 
 
-def _decode(item: _Item, path: Path) -> np.ndarray:
-    """The image of ``item`` as a float32 ``[H, W]`` grayscale array in [0, 1]."""
-    try:
-        with Image.open(item.file) as im:
-            im.load()
-            if im.mode.startswith("I;16"):
-                arr = np.asarray(im, dtype=np.float32) / 65535.0
-            else:
-                arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise DataError(f"{item.file}: image file not found (image id {item.image_id} in {path})") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{item.file}: cannot read image: {e}") from None
-    h, w = arr.shape
+def _decode(item: _Item, path: Path, channels: int) -> np.ndarray:
+    """The image of ``item`` as a float32 ``[channels, H, W]`` array in [0, 1]."""
+    arr = decode(item.file, channels, f"image id {item.image_id} in {path}")
+    h, w = arr.shape[1:]
     if item.width not in (None, w) or item.height not in (None, h):
         raise DataError(f"{item.file}: is {w}x{h} pixels but {path} says {item.width}x{item.height}")
     return arr
-
-
-def source_box(item_xy, flags, bbox, width, height, mode, margin) -> tuple[float, float, float, float]:
-    """The region ``(x0, y0, x1, y1)`` of the image (continuous pixels) that becomes the input.
-
-    ``none``: the whole image. ``bbox``: the square centred on the union of the annotation's
-    bbox and its labelled keypoints, with side ``max(w, h) * (1 + 2 * margin)``; it may reach
-    outside the image (that part is padded).
-    """
-    if mode == "none":
-        return 0.0, 0.0, float(width), float(height)
-    pts = item_xy[flags > 0]
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    if bbox is not None:
-        lo = np.minimum(lo, [bbox[0], bbox[1]])
-        hi = np.maximum(hi, [bbox[0] + bbox[2], bbox[1] + bbox[3]])
-    centre = (lo + hi) / 2
-    # A lone keypoint has no extent: fall back to a tenth of the image.
-    side = max(float(np.max(hi - lo)) * (1 + 2 * margin), 0.1 * max(width, height), 1.0)
-    return centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2
-
-
-def resample(image: np.ndarray, box, size: int, pad: str = "edge") -> np.ndarray:
-    """Map ``box = (x0, y0, x1, y1)`` of ``image`` onto a ``size x size`` array.
-
-    Output pixel ``i`` covers source ``[x0 + i*sx, x0 + (i+1)*sx)``, ``sx = (x1 - x0) / size``,
-    so a source point ``x`` lands at ``(x - x0) / sx``. Pillow's antialiased bilinear filter
-    does the resampling; the part of the box outside the image is filled with the image's
-    edge (``pad="edge"``) or zeros.
-    """
-    h, w = image.shape
-    x0, y0, x1, y1 = box
-    if (x0, y0, x1, y1) == (0, 0, w, h) and w == h == size:
-        return image.astype(np.float32, copy=True)
-    left, top = max(0, math.ceil(-x0)), max(0, math.ceil(-y0))
-    right, bottom = max(0, math.ceil(x1 - w)), max(0, math.ceil(y1 - h))
-    if left or top or right or bottom:
-        mode = "edge" if pad == "edge" else "constant"
-        image = np.pad(image, ((top, bottom), (left, right)), mode=mode)
-    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
-    out = pil.resize((size, size), Image.Resampling.BILINEAR, box=(x0 + left, y0 + top, x1 + left, y1 + top))
-    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
 # ---- the cache ------------------------------------------------------------------------
@@ -292,7 +298,8 @@ def _cache_file(path: Path, items: list[_Item], options: dict, raw: bytes) -> Pa
         except OSError:
             return None  # a missing image is reported while decoding
         h.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return path.parent / CACHE_DIR / f"{path.stem}-{options['size']}-{options['crop']}-{h.hexdigest()[:20]}.npz"
+    name = f"{path.stem}-{options['size']}-{options['crop']}-{options['channels']}-{h.hexdigest()[:20]}.npz"
+    return path.parent / CACHE_DIR / name
 
 
 _CACHED = ("images", "keypoints", "flags", "image_ids", "annotation_ids")
@@ -329,7 +336,7 @@ def _write_cache(file: Path | None, arrays: dict) -> None:
 # ---- loading --------------------------------------------------------------------------
 
 
-def _check_options(size, crop, max_items, margin, pad) -> None:
+def _check_options(size, crop, max_items, margin, pad, channels="auto") -> None:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 4 <= size <= 4096:
         raise ConfigError(f"data.size: expected an integer in 4..4096, got {size!r}")
     if crop not in CROPS:
@@ -340,6 +347,8 @@ def _check_options(size, crop, max_items, margin, pad) -> None:
         raise ConfigError(f"data.margin: expected a number >= 0, got {margin!r}")
     if pad not in PADS:
         raise ConfigError(f"data.pad: {pad!r} is not one of {', '.join(PADS)}")
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        raise ConfigError(f"data.channels: {channels!r} is not one of auto, 1, 3")
 
 
 def load_coco(
@@ -353,6 +362,7 @@ def load_coco(
     pad: str = "edge",
     category: str | int | None = None,
     cache: bool = True,
+    channels: str | int = "auto",
 ) -> KeypointDataset:
     """Load the keypoint annotations of ``json_path`` with images under ``image_dir``.
 
@@ -361,53 +371,61 @@ def load_coco(
     :func:`source_box`, ``margin`` each side, ``pad`` where it leaves the image); ``"auto"``
     is none for an image that is already ``size x size`` and holds one annotation, else bbox.
     ``max_items``: keep the first so many samples (in file order). ``category``: the name or
-    id of the keypoint category when the file has several with different keypoints.
+    id of the keypoint category to load (needed when the file has several with different
+    keypoints). ``channels``: 1 (grayscale; colour becomes luma), 3 (RGB; grayscale is
+    repeated) or ``"auto"`` (3 when any image file used is colour, else 1).
     Labelled keypoints that fall outside the input frame become unlabelled (flag 0).
     """
-    _check_options(size, crop, max_items, margin, pad)
+    _check_options(size, crop, max_items, margin, pad, channels)
     path, image_dir = Path(json_path), Path(image_dir)
     raw, data = _read_json(path)
-    cat_ids, cat = _pick_categories(path, data["categories"], category)
+    _check_fields(path, data)
+    index = _index(path, data)
+    cat_ids, cat = _pick_categories(path, index, category)
     names = [str(n) for n in cat["keypoints"]]
-    k = len(names)
     skeleton = [tuple(int(a) for a in pair) for pair in cat.get("skeleton") or [] if isinstance(pair, list) and len(pair) == 2]
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: no such image folder (for {path})")
-    items, per_image = _items(path, data, image_dir, cat_ids, k)
+    items, per_image = _items(path, index, image_dir, cat_ids, cat)
     if not items:
         raise DataError(f"{path}: no annotation with a labelled keypoint (of {sum(per_image.values())} with keypoints)")
     items = items[:max_items]
 
-    options = {"size": int(size), "crop": crop, "margin": float(margin), "pad": pad, "category": category, "max_items": max_items}
+    options = {"size": int(size), "crop": crop, "margin": float(margin), "pad": pad, "category": category,
+               "max_items": max_items, "channels": channels}
     cache_file = _cache_file(path, items, options, raw) if cache else None
     arrays = _read_cache(cache_file)
     if arrays is None:
-        arrays = _load_arrays(path, items, per_image, int(size), crop, float(margin), pad)
+        if channels == "auto":
+            channels = 3 if any(is_color(f) for f in dict.fromkeys(it.file for it in items)) else 1
+        arrays = _load_arrays(path, items, per_image, int(size), crop, float(margin), pad, int(channels))
         if cache:
             _write_cache(cache_file, arrays)
     return KeypointDataset(keypoint_names=names, skeleton=skeleton, source=str(path), **arrays)
 
 
-def _load_arrays(path, items, per_image, size, crop, margin, pad) -> dict:
+def _load_arrays(path, items, per_image, size, crop, margin, pad, channels) -> dict:
     n, k = len(items), len(items[0].flags)
-    images = np.empty((n, 1, size, size), dtype=np.float32)
+    images = np.empty((n, channels, size, size), dtype=np.float32)
     keypoints = np.zeros((n, k, 2), dtype=np.float32)
     flags = np.zeros((n, k), dtype=np.int8)
-    decoded: dict[Path, np.ndarray] = {}  # images holding several annotations are decoded once
+    by_file: dict[Path, list[int]] = {}  # each image decoded once, and only one held at a time
     for i, it in enumerate(items):
-        img = decoded.get(it.file)
-        if img is None:
-            img = decoded[it.file] = _decode(it, path)
-        h, w = img.shape
-        mode = crop
-        if mode == "auto":
-            mode = "none" if (w, h) == (size, size) and per_image[it.image_id] == 1 else "bbox"
-        x0, y0, x1, y1 = source_box(it.xy, it.flags, it.bbox, w, h, mode, margin)
-        images[i, 0] = resample(img, (x0, y0, x1, y1), size, pad)
-        xy = (it.xy - [x0, y0]) * [size / (x1 - x0), size / (y1 - y0)]
-        keep = (it.flags > 0) & np.all((xy >= 0) & (xy <= size), axis=1)
-        keypoints[i][keep] = xy[keep]
-        flags[i] = np.where(keep, it.flags, 0)
+        by_file.setdefault(it.file, []).append(i)
+    for file, idx in by_file.items():
+        img = _decode(items[idx[0]], path, channels)
+        h, w = img.shape[1:]
+        for i in idx:
+            it = items[i]
+            mode = crop
+            if mode == "auto":
+                mode = "none" if (w, h) == (size, size) and per_image[it.image_id] == 1 else "bbox"
+            x0, y0, x1, y1 = source_box(it.xy, it.flags, it.bbox, w, h, mode, margin)
+            images[i] = resample(img, (x0, y0, x1, y1), size, pad)
+            xy = (it.xy - [x0, y0]) * [size / (x1 - x0), size / (y1 - y0)]
+            keep = (it.flags > 0) & np.all((xy >= 0) & (xy <= size), axis=1)
+            keypoints[i][keep] = xy[keep]
+            flags[i] = np.where(keep, it.flags, 0)
     return {
         "images": images,
         "keypoints": keypoints,

@@ -46,9 +46,10 @@ class SynthConfig:
     n_test: int = 400
     seed: int = 0
     size: int = 32  # image side in pixels
+    channels: int = 1  # 1: grayscale PNGs; 3: RGB (tinted background and aircraft)
 
     def check(self, where: str) -> None:
-        _check_args(self.n_train, self.n_test, self.seed, self.size, where)
+        _check_args(self.n_train, self.n_test, self.seed, self.size, where, self.channels)
 
 
 __all__ = ["SynthConfig", "KEYPOINT_NAMES", "KEYPOINTS_3D", "MANIFEST", "SKELETON", "SPLITS", "SynthOptions", "generate", "image_rng",
@@ -58,7 +59,7 @@ SPLITS = ("train", "test")
 MANIFEST = "synthetic.json"  # marks a folder as written by generate()
 
 
-def _check_args(n_train, n_test, seed, size, where: str = "synthetic") -> None:
+def _check_args(n_train, n_test, seed, size, where: str = "synthetic", channels: int = 1) -> None:
     for name, v, lo in (("n_train", n_train, 1), ("n_test", n_test, 0), ("size", size, 16), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise ConfigError(f"{where}.{name}: expected an integer, got {v!r}")
@@ -66,6 +67,8 @@ def _check_args(n_train, n_test, seed, size, where: str = "synthetic") -> None:
             raise ConfigError(f"{where}.{name}: must be >= {lo}, got {v}")
     if size > 1024:
         raise ConfigError(f"{where}.size: must be <= 1024, got {size}")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ConfigError(f"{where}.channels: must be 1 (grayscale) or 3 (RGB), got {channels!r}")
 
 
 def _earlier_manifest(out: Path) -> dict | None:
@@ -125,6 +128,12 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
+def color_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The colour tints of image ``index`` (RGB datasets): a stream of its own, so the RGB
+    image shows the same view as the grayscale one of the same seed."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, 1])
+
+
 def generate(
     out_dir: str | Path,
     n_train: int,
@@ -132,6 +141,7 @@ def generate(
     seed: int = 0,
     size: int = 32,
     *,
+    channels: int = 1,
     force: bool = False,
     progress: bool | None = None,
     **options,
@@ -139,7 +149,7 @@ def generate(
     """Write a synthetic COCO-keypoints dataset to ``out_dir`` and return its path.
 
     Layout (docs/dataset.md): ``annotations/keypoints_{train,test}.json``,
-    ``images/{train,test}/NNNNNN.png`` (8-bit grayscale; ``file_name`` is relative to
+    ``images/{train,test}/NNNNNN.png`` (8-bit grayscale, or RGB with ``channels=3``; ``file_name`` is relative to
     ``images/<split>/``; image and annotation ids start at 1 and equal the file number), and
     ``synthetic.json`` recording how it was made. ``options`` are :class:`SynthOptions` fields.
 
@@ -148,7 +158,7 @@ def generate(
     never replaced or removed (usnprune.files.OutputFolder). ``progress``: show a tqdm bar on
     stderr (default: for more than 200 images).
     """
-    _check_args(n_train, n_test, seed, size)
+    _check_args(n_train, n_test, seed, size, channels=channels)
     opt = make_options(**options)
     out = Path(out_dir)
     counts = {"train": int(n_train), "test": int(n_test)}
@@ -159,6 +169,7 @@ def generate(
         "version": GENERATOR_VERSION,
         "seed": int(seed),
         "size": int(size),
+        "channels": int(channels),
         "options": to_dict(opt),
     }
     total = counts["train"] + counts["test"]
@@ -172,7 +183,8 @@ def generate(
         for split in SPLITS:
             images, annotations = [], []
             for i in range(counts[split]):
-                s = render_sample(image_rng(seed, split, i), size, opt)
+                s = render_sample(image_rng(seed, split, i), size, opt,
+                                  color_rng(seed, split, i) if channels == 3 else None)
                 name = f"{i + 1:06d}.png"
                 Image.fromarray(s.image_u8()).save(stage.path(f"images/{split}/{name}"))
                 images.append({"id": i + 1, "file_name": name, "width": size, "height": size})

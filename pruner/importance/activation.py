@@ -31,7 +31,7 @@ class ActivationImportance(Importance):
 
         per = max(1, self.batch // len(calib.thetas))
         for i in range(0, len(calib.images), per):
-            x = perturbation.pairs(calib.images[i : i + per], calib.thetas).to(dev)
+            x = perturbation.pairs(calib.images[i : i + per], calib.thetas, calib.box).to(dev)
             model.features(x, hook=hook)
             count += len(x)
         return {n: (s / count).numpy() for n, s in sums.items()}

@@ -15,19 +15,20 @@ from ..perturbation import Box
 @dataclasses.dataclass
 class Calibration:
     images: torch.Tensor  # [n, C, H, W] clean images in [0, 1]
-    thetas: np.ndarray  # [m, 2] perturbations; row 0 is the identity, rows 1-4 the corners
+    thetas: np.ndarray  # [m, k] perturbations; row 0 is the identity, then (capped) corners
     box: Box
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.images.shape[0] == 0:
             raise ConfigError("the calibration set is empty (no images to score units on)")
-        if len(self.thetas) == 0 or not np.allclose(self.thetas[0], (1.0, 0.0)):
+        if len(self.thetas) == 0 or not np.allclose(self.thetas[0], self.box.identity()[0]):
             raise ValueError("calibration perturbations must start with the identity")
 
 
 def make_calibration(images, box: Box, n_images: int, n_thetas: int, seed: int) -> Calibration:
-    """``n_images`` images drawn (seeded) from ``images``; identity, corners and uniform thetas."""
+    """``n_images`` images drawn (seeded) from ``images``; identity, (capped) corners and
+    uniform thetas of the box's family."""
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     if len(x) == 0 or n_images < 1:
         raise ConfigError("the calibration set is empty (no images to score units on)")

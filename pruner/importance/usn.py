@@ -47,7 +47,7 @@ def collect_preactivations(model, calib: Calibration, batch: int = 4096) -> dict
         chunks.setdefault(name, []).append(z.double().cpu())
 
     for i in range(0, len(calib.images), per):
-        x = perturbation.pairs(calib.images[i : i + per], calib.thetas).to(dev)
+        x = perturbation.pairs(calib.images[i : i + per], calib.thetas, calib.box).to(dev)
         model.features(x, hook=hook)
     return {n: torch.cat(c).view(-1, m, c[0].shape[-1]) for n, c in chunks.items()}
 
@@ -78,7 +78,7 @@ def stability(model, calib: Calibration) -> tuple[dict[str, np.ndarray], dict[st
     stab: dict[str, torch.Tensor] = {}
     loose: dict[str, torch.Tensor] = {}
     for image in calib.images:
-        graph = read_graph(build_model(image.numpy(), plain))
+        graph = read_graph(build_model(image.numpy(), plain, fam=calib.box.family))
         fwd = forward(graph, lo, hi, keep_intervals=True)
         relus = [n for n in graph.nodes if n.op_type == "Relu" and not n.name.startswith("clip")]
         for name, node in zip(names, relus):  # the unit layers' ReLUs, in order (onnx_graph names them)

@@ -150,12 +150,21 @@ def test_none_crop_scales_a_non_square_image_per_axis(tmp_path):
         assert abs(c + 0.5 - x) <= 1 and abs(r + 0.5 - y) <= 1
 
 
-def test_rgb_images_become_luma(tmp_path):
+def test_rgb_images_load_as_rgb_or_become_luma(tmp_path):
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 0] = 255
-    path, imgs = write_coco(tmp_path, {"red.png": rgb}, [{"image_id": 1, "keypoints": [1, 1, 2, 2, 2, 2, 0, 0, 0]}])
-    ds = load_coco(path, imgs, 8, crop="none", cache=False)
-    np.testing.assert_allclose(ds.images, 76 / 255)  # ITU-R 601: red weighs 0.299
+    gray = np.full((8, 8), 100, np.uint8)
+    anns = [{"image_id": 1, "keypoints": [1, 1, 2, 2, 2, 2, 0, 0, 0]}, {"image_id": 2, "keypoints": [1, 1, 2, 2, 2, 2, 0, 0, 0]}]
+    path, imgs = write_coco(tmp_path, {"red.png": rgb, "gray.png": gray}, anns)
+    ds = load_coco(path, imgs, 8, crop="none", cache=False, channels=1)
+    assert ds.channels == 1
+    np.testing.assert_allclose(ds.images[0], 76 / 255)  # ITU-R 601: red weighs 0.299
+    auto = load_coco(path, imgs, 8, crop="none", cache=False)  # one colour image: RGB for all
+    assert auto.images.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(auto.images[0, 0], 1.0)
+    np.testing.assert_allclose(auto.images[0, 1:], 0.0)
+    np.testing.assert_allclose(auto.images[1], 100 / 255)  # grayscale repeated into R, G, B
+    assert load_coco(path, imgs, 8, crop="none", cache=False, channels=3).channels == 3
 
 
 @pytest.mark.parametrize("pad, corner", [("zero", 0.0), ("edge", 120 / 255)])
@@ -254,7 +263,7 @@ def test_error_no_keypoints_in_categories(tmp_path):
 def test_error_no_keypoints_in_annotations(tmp_path):
     path, imgs = _good(tmp_path)
     _edit(path, lambda d: d["annotations"][0].pop("keypoints"))
-    with pytest.raises(DataError, match="not a COCO keypoints file: no annotation has 'keypoints'"):
+    with pytest.raises(DataError, match="not a COCO keypoints file: no annotation of category 'thing' has 'keypoints'"):
         load_coco(path, imgs, 8)
 
 
@@ -334,5 +343,30 @@ def test_bad_options(tmp_path, kwargs, match):
 def test_error_non_integer_ids(tmp_path):
     path, imgs = _good(tmp_path)
     _edit(path, lambda d: d["annotations"][0].__setitem__("image_id", "1"))
-    with pytest.raises(DataError, match=r"annotations\[0\] has an 'id' or 'image_id' that is not an integer"):
+    with pytest.raises(DataError, match=r"annotations\[0\] \(id 1\) has an 'id' or 'image_id' that is not an integer"):
         load_coco(path, imgs, 8)
+
+
+@pytest.mark.parametrize("where, key, match", [
+    ("annotations", "category_id", r"annotations\[0\] \(id 1\) has no 'category_id'"),
+    ("annotations", "image_id", r"annotations\[0\] \(id 1\) has no 'image_id'"),
+    ("annotations", "id", r"annotations\[0\] has no 'id'"),
+    ("images", "file_name", r"images\[0\] \(id 1\) has no 'file_name'"),
+    ("images", "id", r"images\[0\] has no 'id'"),
+    ("categories", "id", r"categories\[0\] has no 'id'"),
+])
+def test_error_missing_fields_are_named(tmp_path, where, key, match):
+    path, imgs = _good(tmp_path)
+    _edit(path, lambda d: d[where][0].pop(key))
+    with pytest.raises(DataError, match=match):
+        load_coco(path, imgs, 8)
+
+
+def test_error_category_not_in_the_file(tmp_path):
+    path, imgs = _good(tmp_path)
+    with pytest.raises(DataError, match=r"ann\.json: no category 'dog' \(the file has: 'thing'\)"):
+        load_coco(path, imgs, 8, category="dog")
+    _edit(path, lambda d: d["categories"].append({"id": 7, "name": "plain"}))
+    with pytest.raises(DataError, match=r"category 'plain' lists no 'keypoints'"):
+        load_coco(path, imgs, 8, category="plain")
+    assert len(load_coco(path, imgs, 8, category="1", cache=False)) == 1  # an id, as the command line passes it
