@@ -14,6 +14,7 @@ stage's folder to redo it with the same configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from usnprune.config import ConfigError, load_yaml, to_dict
+from usnprune.pruner.perturbation import Box, family
 from usnprune.files import atomic_write_text
 
 from .stages import PIPELINE, Context
 from .study import STUDY
 
 STAGES = {s.name: s for s in PIPELINE + STUDY}  # in pipeline order
-TOP_KEYS = ("out", "seed", "seeds", "description")
+TOP_KEYS = ("out", "seed", "seeds", "family", "description")
 
 
 # ---- the runner ---------------------------------------------------------------------
@@ -49,7 +51,7 @@ def load_experiment(path: str | Path) -> tuple[Path, list[int], dict[str, tuple[
     if "out" not in raw:
         raise ConfigError(f"{where}: missing required key out (the experiment's output folder)")
     if "data" not in raw:
-        raise ConfigError(f"{where}: missing required key data (synth: or path:)")
+        raise ConfigError(f"{where}: missing required key data (synth:, path: or coco:)")
     if "seed" in raw and "seeds" in raw:
         raise ConfigError(f"{where}: give either seed or seeds, not both")
     seeds = raw.get("seeds", [raw.get("seed", 0)])
@@ -61,13 +63,36 @@ def load_experiment(path: str | Path) -> tuple[Path, list[int], dict[str, tuple[
     synth = (raw.get("data") or {}).get("synth") if isinstance(raw.get("data"), dict) else None
     if isinstance(raw.get("train"), dict) and isinstance(synth, dict) and "size" in synth:
         raw["train"].setdefault("input_size", synth["size"])  # the network's input is the data's size
+    fam = raw.get("family")
+    if fam is not None:
+        if family(fam, f"{where}.family").channels == 3 and isinstance(synth, dict):
+            synth.setdefault("channels", 3)  # an RGB family: generate RGB images unless told otherwise
     sections: dict[str, tuple[Any, Any]] = {}
     plain: dict[str, Any] = {}
     for name, stage in STAGES.items():
         if name in raw:
             sections[name] = stage.load(raw[name], f"{where}.{name}")
+            if fam is not None:
+                for part in sections[name]:
+                    _set_family(part, raw[name], fam)
             plain[name] = [to_dict(sections[name][0]), to_dict(sections[name][1])]
     return Path(raw["out"]), seeds, sections, plain
+
+
+def _set_family(obj: Any, raw: Any, fam: str) -> None:
+    """The experiment's top-level ``family`` into every lighting box of a stage's config that
+    does not name its own (eps_c and eps_b stay as configured or defaulted)."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value, sub = getattr(obj, f.name), raw.get(f.name) if isinstance(raw, dict) else None
+        if isinstance(value, Box):
+            if not (isinstance(sub, dict) and "family" in sub):
+                setattr(obj, f.name, dataclasses.replace(value, family=fam))
+        elif dataclasses.is_dataclass(value):
+            _set_family(value, sub, fam)
+
+
 def run_experiment(path: str | Path, force: bool = False, only: list[str] | None = None,
                    log: Callable[[str], None] = print) -> Path:
     out, seeds, sections, plain = load_experiment(path)

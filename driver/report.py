@@ -51,7 +51,7 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     manifest_path = Path(spec.bench) / "manifest.csv"
     if manifest_path.is_file():
         m = pd.read_csv(manifest_path)
-        keep = [c for c in ("onnx", "vnnlib", "family", "ref_u", "ref_v", "gt_u", "gt_v", "pred_u", "pred_v", "clean_error_px",
+        keep = [c for c in ("onnx", "vnnlib", "ref_u", "ref_v", "gt_u", "gt_v", "pred_u", "pred_v", "clean_error_px",
                             "violated_at_identity") if c in m.columns]
         df = df.merge(m[keep], on=["onnx", "vnnlib"], how="left")
     df["run"] = run.name
@@ -77,6 +77,12 @@ def _truthy(s: pd.Series) -> pd.Series:
     return s.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
 
 
+def _family(row: pd.Series) -> str:
+    """The row's lighting family; runs from before families existed were brightness_contrast."""
+    v = row.get("family")
+    return v if isinstance(v, str) and v else "brightness_contrast"
+
+
 def _pct(s: pd.Series, value: str) -> float:
     return float((s == value).mean()) if len(s) else float("nan")
 
@@ -100,7 +106,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             "run": run, "backend": first["backend"], "network": net, "method": first.get("method", ""),
             "sparsity": first.get("sparsity", np.nan), "seed": first.get("seed", ""),
             "parameters": first.get("parameters", np.nan), "delta": delta, "eps_c": first.get("eps_c"),
-            "eps_b": first.get("eps_b"), "family": first.get("family", "brightness_contrast"),
+            "eps_b": first.get("eps_b"), "family": _family(first),
             "reference": first.get("reference", ""), "instances": len(g),
             "clean_pck": clean,
             "empirical_robust_pck": float((~sv).mean()),

@@ -226,6 +226,7 @@ def test_refuses_a_file_as_output(tmp_path):
         ({"distance": [3, 2]}, "distance"),
         ({"background": "sky"}, "background"),
         ({"clutter": -1}, "clutter: must be in"),
+        ({"channels": 2}, "channels: must be 1 \\(grayscale\\) or 3 \\(RGB\\)"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):
@@ -233,3 +234,20 @@ def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         generate(tmp_path / "x", **args)
     assert not (tmp_path / "x").exists()
+
+
+def test_rgb_shows_the_same_views_in_colour(tmp_path, dataset):
+    rgb = generate(tmp_path / "rgb", n_train=12, n_test=5, seed=7, channels=3)
+    for split in ("train", "test"):
+        assert _json(rgb, split)["annotations"] == _json(dataset, split)["annotations"]  # same views, same keypoints
+        assert _json(rgb, split)["info"]["channels"] == 3 and _json(dataset, split)["info"]["channels"] == 1
+    again = generate(tmp_path / "rgb2", n_train=12, n_test=5, seed=7, channels=3)
+    assert _files(rgb) == {k: v for k, v in _files(again).items()}  # deterministic
+    im = Image.open(rgb / "images/train/000001.png")
+    assert im.mode == "RGB" and im.size == (32, 32)
+    arr = np.stack([np.asarray(Image.open(p), dtype=float) for p in sorted((rgb / "images/train").glob("*.png"))])
+    # the channels differ (tinted background and aircraft), yet each tracks the grayscale view
+    assert np.abs(arr[..., 0] - arr[..., 1]).mean() > 3 and np.abs(arr[..., 1] - arr[..., 2]).mean() > 3
+    gray = np.stack([np.asarray(Image.open(p), dtype=float) for p in sorted((dataset / "images/train").glob("*.png"))])
+    corr = np.corrcoef(arr.mean(-1).reshape(len(arr), -1)[0], gray.reshape(len(gray), -1)[0])[0, 1]
+    assert corr > 0.8
