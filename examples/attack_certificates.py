@@ -5,8 +5,8 @@
 For each `certified` instance: the identity, every corner of the box (capped at 64) and
 `--samples` uniform points are run through the ONNX model with onnxruntime; a point where
 the property's unsafe region holds refutes the certificate (there must be none). For each
-`falsified` instance: its stored counterexample (all k coordinates, the `cex` column) is
-replayed. Prints the counts; exits 1 when a certificate is refuted or a counterexample
+`falsified` instance: its stored counterexample (all k coordinates: the `cex` column, a JSON
+list) is replayed. Prints the counts; exits 1 when a certificate is refuted or a counterexample
 does not replay.
 """
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                 counts["refuted"] += 1
                 print(f"REFUTED: {r.onnx} {r.vnnlib} at {pts[np.flatnonzero(bad)[0]]}")
         elif r.verdict == "falsified":
-            x = np.array([float(v) for v in str(r.cex).split()])
+            x = np.array(json.loads(r.cex), dtype=float)
             counts["falsified"] += 1
             ok = len(x) == box.k and replay(str(args.bench / r.onnx), prop, x).ok
             counts["replayed"] += int(ok)

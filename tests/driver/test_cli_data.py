@@ -74,9 +74,9 @@ def test_bad_coco_files_are_one_line(person, tmp_path, capsys, edit, match):
 
 @pytest.mark.parametrize("args, match", [
     (["--family", "hue"], r"--family: unknown family 'hue' \(known: brightness_contrast \(k=2\), channel_gain_bias"),
-    (["--eps-brightness", "-0.1"], r"eps_b: must be >= 0 \(a negative half-width leaves the box empty\)"),
-    (["--eps-contrast", "nan"], r"eps_c: expected a finite number, got nan"),
-    (["--eps-brightness", "inf"], r"eps_b: expected a finite number, got inf"),
+    (["--eps-brightness", "-0.1"], r"--eps-brightness -0\.1: must be >= 0 \(a negative half-width leaves the box empty\)"),
+    (["--eps-contrast", "nan"], r"--eps-contrast nan: expected a finite number, got nan"),
+    (["--eps-brightness", "inf"], r"--eps-brightness inf: expected a finite number, got inf"),
 ])
 def test_bad_families_and_boxes_are_one_line(person, tmp_path, capsys, args, match):
     root, path, img_dir = person

@@ -117,7 +117,7 @@ def test_boxes_of_more_parameters_sample_corners_capped_and_the_identity(rng):
     ({"family": "hue"}, r"perturbation\.family: unknown family 'hue' \(known: brightness_contrast \(k=2\)"),
     ({"eps_b": -0.1}, r"eps_b: must be >= 0 \(a negative half-width leaves the box empty\)"),
     ({"eps_c": float("inf")}, "eps_c: expected a finite number"),
-    ({"eps_b": 2.0}, "eps_b: must be <= 1"),
+    ({"eps_b": 3.0}, "eps_b: must be <= 2"),
 ])
 def test_bad_families_and_boxes(kwargs, match):
     args = {"eps_c": 0.1, "eps_b": 0.1, "family": "brightness_contrast", **kwargs}
