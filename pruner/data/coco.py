@@ -395,6 +395,13 @@ def load_coco(
                "max_items": max_items, "channels": channels}
     cache_file = _cache_file(path, items, options, raw) if cache else None
     arrays = _read_cache(cache_file)
+    if arrays is None and cache and channels != "auto":
+        # Training reads with "auto", the later stages with the network's count: the same
+        # decoding when "auto" came out at that count, so that cache serves them (and a
+        # stage that only reads writes nothing beside the data).
+        auto = _read_cache(_cache_file(path, items, dict(options, channels="auto"), raw))
+        if auto is not None and auto["images"].shape[1] == int(channels):
+            arrays = auto
     if arrays is None:
         if channels == "auto":
             channels = 3 if any(is_color(f) for f in dict.fromkeys(it.file for it in items)) else 1

@@ -96,6 +96,10 @@ def test_cache_is_used_and_invalidated_by_a_changed_image(tmp_path):
     (cached,) = (root / "annotations" / coco.CACHE_DIR).glob("keypoints_train-32-auto-*.npz")
     again = load_split(root, "train", 32)
     assert np.array_equal(first.images, again.images) and np.array_equal(first.keypoints, again.keypoints)
+    # the network's channel count (gray: 1) is served by the "auto" cache: nothing new written
+    gray = load_split(root, "train", 32, channels=1)
+    assert np.array_equal(first.images, gray.images)
+    assert [cached] == list((root / "annotations" / coco.CACHE_DIR).glob("*.npz"))
     # a changed image must not be served from the cache
     png = root / "images/train/000002.png"
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(png)
