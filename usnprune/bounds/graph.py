@@ -71,6 +71,33 @@ class Graph:
         return vals[self.output_name].reshape(x.shape[0], -1)
 
 
+    def first_layer(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """For every ReLU whose input is exactly affine in the network input (only affine
+        rules between them: a "first-layer" ReLU), that input as ``(W [n, N], d [N])``,
+        ``z = x @ W + d``, keyed by the ReLU's output tensor. Its kink ``z_j = 0`` is a
+        hyperplane of the input space (branch and bound splits along it)."""
+        if getattr(self, "_first", None) is not None:
+            return self._first
+        affine = {self.input_name}
+        for node in self.nodes:
+            if isinstance(node.rule, AffineRule) and all(t in affine for t in node.inputs):
+                affine.add(node.output)
+        targets = [n for n in self.nodes if n.op_type == "Relu" and n.inputs[0] in affine]
+        out = {}
+        if targets:
+            n = self.n_inputs
+            x = torch.cat([torch.zeros((1, n), dtype=DTYPE), torch.eye(n, dtype=DTYPE)])
+            vals = {self.input_name: x.reshape((n + 1,) + self.input_shape)}
+            for node in self.nodes:
+                if node.output in affine:
+                    vals[node.output] = node.rule.forward(*(vals[t] for t in node.inputs))
+            for node in targets:
+                v = vals[node.inputs[0]].reshape(n + 1, -1)
+                out[node.output] = ((v[1:] - v[:1]).numpy(), v[0].numpy())
+        self._first = out
+        return out
+
+
 class ModelError(UnsupportedModel):
     """The ONNX file cannot be read at all."""
 

@@ -1,27 +1,32 @@
-"""Branch and bound on the input box, with falsification: one property -> one outcome.
+"""Branch and bound on the input domain, with falsification: one property -> one outcome.
 
 For each group of disjuncts that share an input box:
 
-1. *Falsify first.* Evaluate a grid (plus random points) in float64, run a few projected
-   sign-gradient steps from the most promising points, and replay every point that looks
-   unsafe through onnxruntime (``verifier_specs.replay``). The same grid, run through
-   onnxruntime, calibrates the float32-vs-float64 deviation used in the safety margin.
-2. *Bound, close, split.* A queue of sub-boxes is processed in batches. For each box and
-   property row ``C_r y <= b_r`` the lower bound of ``C_r y`` is the best of forward-mode
-   linear bounds, the backward (CROWN) pass and interval bounds; a disjunct is closed on a
-   box when one of its rows has ``lower - b_r > margin_r``; a box is closed when every
-   disjunct is. Open boxes are split in two along one input dimension (by default the one
-   that drives the most not-exactly-relaxed neurons, see ``bounds._instability``); the
-   centres and worst corners of the most promising ones are tried as counterexamples.
-3. ``certified`` when the queue empties; ``falsified`` as soon as a candidate replays;
-   ``timeout`` when the deadline passes (checked before every batch); ``unknown`` when a box
-   that cannot be closed is narrower than ``min_width`` (the property is within the safety
-   margin of its boundary there) or the queue outgrows ``max_boxes``.
+1. *Calibrate and screen.* The start points (a grid for few inputs, the centre, random
+   points) run through onnxruntime: any that lands in the unsafe region is replayed; their
+   deviation from the float64 graph calibrates the safety margin.
+2. *Bound the root.* If every disjunct is excluded, certified -- no attack was needed.
+   Otherwise the worst corners of the root's linear bounds, the centre and the best start
+   points seed PGD (``falsify.py``).
+3. *Bound, close, split.* A queue of sub-domains is processed in batches. For each domain
+   and property row ``C_r y <= b_r`` the lower bound of ``C_r y`` is the best of
+   forward-mode linear bounds, the backward (CROWN) pass and interval bounds, minimised
+   over the domain (``bounds.domains``); a disjunct is closed on a domain when one of its
+   rows has ``lower - b_r > margin_r``; a domain is closed when every disjunct is. An open
+   domain is split (``split.py``) by whichever the scores favour: along the kink of its
+   most influential first-layer ReLU (``relu_split``: BaBSR's score, the multiplier that
+   reached the ReLU times its relaxation's gap, for the worst open row), or halving an
+   input (``branching``) when a deeper ReLU scores higher. The centres and worst vertices
+   of the domains closest to a counterexample are screened, with short PGD restarts.
+4. ``certified`` when the queue empties; ``falsified`` as soon as a candidate replays;
+   ``timeout`` when the deadline passes (checked before every batch); ``unknown`` when a
+   domain that cannot be closed is narrower than ``min_width`` (the property is within the
+   safety margin of its boundary there) or the queue outgrows its memory budget.
 
 The safety margin of row ``r`` is
 ``margin_rel * (1 + |b_r|) + margin_calibration * |C_r| . d`` where ``d`` is the largest
 observed per-output difference between onnxruntime (float32) and the float64 evaluation
-on the calibration grid; with ``rigorous_float32`` the worst-case float32 error bound of
+on the calibration points; with ``rigorous_float32`` the worst-case float32 error bound of
 ``bounds.float32_error`` is added too. The root box is first widened to the float32
 neighbours of its bounds, so that float32-rounded inputs (what onnxruntime really
 evaluates) are inside what is proven.
@@ -30,7 +35,6 @@ evaluates) are inside what is proven.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 
 import numpy as np
@@ -39,12 +43,10 @@ import torch
 from usnprune.bounds import propagate as bounds
 from usnprune.bounds.graph import Graph
 from usnprune.export.vnnlib import Disjunct, Property
-from usnprune.verifier_specs.replay import evaluate as ort_evaluate
-from usnprune.verifier_specs.replay import replay
 
+from . import split as splitting
+from .falsify import Deadline, Falsifier, Found
 from .options import BuiltinOptions
-
-SCREEN_TOL = 1e-6  # float64 slack (relative to 1 + |b|) under which a candidate is replayed
 
 
 @dataclasses.dataclass
@@ -52,7 +54,7 @@ class Outcome:
     status: str  # certified | falsified | timeout | unknown | error
     x: np.ndarray | None = None
     message: str = ""
-    boxes: int = 0  # sub-boxes bounded
+    boxes: int = 0  # sub-domains bounded
     replays: int = 0
 
 
@@ -63,7 +65,7 @@ class PreparedModel:
     graph: Graph
     session: object
     source: str = ""
-    calibration: dict = dataclasses.field(default_factory=dict)  # box key -> (points, y64, deviation)
+    calibration: dict = dataclasses.field(default_factory=dict)  # box key -> (points, y32, deviation)
 
 
 def widen_to_float32(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,17 +77,8 @@ def widen_to_float32(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.minimum(lo, lo32.astype(np.float64)), np.maximum(hi, hi32.astype(np.float64))
 
 
-class _Deadline(Exception):
-    pass
-
-
 class _TooManyBoxes(Exception):
     pass
-
-
-class _Found(Exception):
-    def __init__(self, x: np.ndarray, message: str) -> None:
-        self.x, self.message = x, message
 
 
 class _Group:
@@ -112,11 +105,22 @@ class _Group:
         return out.scatter_reduce(1, self.owner.expand(v.shape[0], -1), v, reduce="amax")
 
     def violation(self, y: torch.Tensor) -> torch.Tensor:
-        """``[N]``: min over disjuncts of max over rows of ``C y - b`` (<= 0: unsafe in float64)."""
+        """``[N]``: min over disjuncts of max over rows of ``C y - b`` (<= 0: in the region)."""
         return self.per_disjunct_max(y @ self.C.T - self.b).min(1).values
 
 
-class Search:
+@dataclasses.dataclass
+class _Bounds:
+    lb: torch.Tensor  # [B, R] lower bounds of C y
+    coefs: torch.Tensor  # [B, R, K] the linear lower bounds behind them (in t)
+    scores: torch.Tensor | None  # [B, n] input-split scores
+    lams: dict  # activation output -> multiplier [B, R', *shape] of the backward pass
+    relax: dict  # activation output -> relaxation
+    rows: torch.Tensor  # [B, R'] which row each backward row is
+    verts: np.ndarray | None  # [B, V, 2] polygon vertices in t
+
+
+class Search(Falsifier):
     """One property on one prepared model, within a deadline."""
 
     def __init__(self, model: PreparedModel, prop: Property, opts: BuiltinOptions, deadline: float) -> None:
@@ -124,6 +128,10 @@ class Search:
         self.boxes = 0
         self.replays = 0
         self.rng = np.random.default_rng(0)  # deterministic candidates: reruns give the same verdicts
+        # ReLU splits need exact cut domains: polygons, i.e. two inputs (with more, the dual
+        # bound over several cuts is loose and cost more sub-domains than it saved)
+        self.first = self.graph.first_layer() if opts.relu_split and self.graph.n_inputs == 2 else {}
+        self.relus = {n.output for n in self.graph.nodes if n.op_type == "Relu"}
 
     # ---- entry point ----------------------------------------------------------------
 
@@ -145,14 +153,16 @@ class Search:
         try:
             for items in groups.values():
                 unresolved += self._group(_Group(items))
-        except _Found as f:
+        except Found as f:
             return Outcome("falsified", f.x, f.message, self.boxes, self.replays)
-        except _Deadline:
+        except Deadline:
             return Outcome("timeout", message=f"deadline reached after {self.boxes} sub-boxes", boxes=self.boxes,
                            replays=self.replays)
         except _TooManyBoxes:
-            return Outcome("unknown", message=f"more than max_boxes={self.opts.max_boxes} open sub-boxes "
-                                              f"after {self.boxes} bounded", boxes=self.boxes, replays=self.replays)
+            return Outcome("unknown", message=f"more than max_boxes={self.opts.max_boxes} open sub-boxes, or more "
+                                              f"than memory_mb={self.opts.memory_mb} MB of them, after "
+                                              f"{self.boxes} bounded",
+                           boxes=self.boxes, replays=self.replays)
         if unresolved:
             return Outcome("unknown", message=f"{unresolved} sub-boxes narrower than min_width stayed open "
                                               "(the outputs are within the safety margin of the boundary)",
@@ -160,103 +170,35 @@ class Search:
         return Outcome("certified", message=f"every disjunct excluded on {self.boxes} sub-boxes",
                        boxes=self.boxes, replays=self.replays)
 
-    # ---- falsification ----------------------------------------------------------------
-
-    def _check_time(self) -> None:
-        if time.monotonic() >= self.deadline:
-            raise _Deadline()
-
-    def _try(self, grp: _Group, x: np.ndarray, v: np.ndarray) -> None:
-        """Replay the most promising candidates whose float64 violation is near or below 0."""
-        tol = SCREEN_TOL * (1.0 + (float(grp.b.abs().max()) if grp.R else 0.0))
-        order = np.argsort(v)
-        for i in order[: self.opts.max_replays]:
-            if v[i] > tol:
-                break
-            self.replays += 1
-            res = replay(self.model.session, self.prop, x[i], tol=0.0)
-            if res.ok:
-                raise _Found(res.x, f"counterexample replayed on onnxruntime after {self.boxes} sub-boxes")
-
-    def _eval(self, x: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            out = [self.graph.evaluate(torch.as_tensor(x[i:i + 512])) for i in range(0, len(x), 512)]
-        return torch.cat(out) if out else torch.zeros((0, self.graph.n_outputs), dtype=torch.float64)
-
-    def _start_points(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        n = len(lo)
-        pts = []
-        if self.opts.grid > 1 and self.opts.grid ** n <= 20000:
-            axes = [np.linspace(lo[i], hi[i], self.opts.grid) for i in range(n)]
-            pts.append(np.array(list(itertools.product(*axes))))
-        else:
-            pts.append(((lo + hi) / 2)[None])
-        if self.opts.random_samples:
-            pts.append(self.rng.uniform(lo, hi, size=(self.opts.random_samples, n)))
-        return np.concatenate(pts)
-
-    def _calibrate(self, grp: _Group) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
-        """Grid points, their float64 outputs, and the max |onnxruntime - float64| per output."""
-        key = (grp.lo.tobytes(), grp.hi.tobytes(), self.opts.grid, self.opts.random_samples)
-        cached = self.model.calibration.get(key)
-        if cached is None:
-            pts = self._start_points(grp.lo, grp.hi)
-            y64 = self._eval(pts)
-            y32 = ort_evaluate(self.model.session, pts)
-            dev = np.abs(y32 - y64.numpy()).max(0)
-            if len(self.model.calibration) > 64:
-                self.model.calibration.clear()
-            cached = self.model.calibration[key] = (pts, y64, dev)
-        return cached
-
-    def _pgd(self, grp: _Group, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-        """Projected sign-gradient descent on the violation from the best starting points."""
-        if not len(x0) or not self.opts.pgd_steps:
-            return
-        width = torch.as_tensor(hi - lo)
-        lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
-        x = torch.as_tensor(x0).clone()
-        for step in range(self.opts.pgd_steps):
-            self._check_time()
-            x.requires_grad_(True)
-            v = grp.violation(self.graph.evaluate(x))
-            (grad,) = torch.autograd.grad(v.sum(), x)
-            with torch.no_grad():
-                self._try(grp, x.detach().numpy().copy(), v.detach().numpy())
-                eta = 0.2 * 0.8**step  # shrinking steps settle into a kink instead of bouncing over it
-                x = torch.clamp(x.detach() - eta * width * torch.sign(grad), lo_t, hi_t)
-
     # ---- bounds -----------------------------------------------------------------------
 
-    def _bound(self, grp: _Group, lo: torch.Tensor, hi: torch.Tensor,
-               open_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``lb [B, R]`` of ``C y``, the linear lower-bound functions ``[B, R, K]`` behind it,
-        and the per-input instability scores ``[B, n]`` (for ``branching: unstable``).
-
-        The backward pass, the expensive part, only runs for the rows of disjuncts still
-        open on each box (``open_`` ``[B, D]``); closed rows keep their cheaper bounds.
-        """
+    def _bound(self, grp: _Group, batch: dict, open_: torch.Tensor) -> _Bounds:
+        """Lower bounds of every row over each domain of ``batch``. The backward pass, the
+        expensive part, only runs for the rows of disjuncts still open (``open_ [B, D]``)."""
         g, opts = self.graph, self.opts
-        B, n = lo.shape
+        dom = splitting.domains(batch)
+        B, n = dom.lo.shape
         keep = bounds.stop_tensors(g, opts.depth)
-        fwd = bounds.forward(g, lo, hi, keep=keep, ibp=opts.ibp, relu_lower=opts.relu_lower,
-                             split_scores=opts.branching == "unstable")
+        fwd = bounds.forward(g, dom.lo, dom.hi, keep=keep, ibp=opts.ibp, relu_lower=opts.relu_lower,
+                             split_scores=True, domains=dom)
         cf = bounds.forward_rows(fwd, grp.C)
-        lbf = bounds.lower_of(cf, n)
+        lbf = dom.lower(cf)
         rows_open = open_[:, grp.owner]  # [B, R]
         width = int(rows_open.sum(1).max())
         idx = torch.argsort((~rows_open).to(torch.int8), dim=1, stable=True)[:, :width]  # open rows first
         valid = torch.gather(rows_open, 1, idx)
         C_sel = grp.C[idx] * valid.unsqueeze(-1).to(grp.C.dtype)  # [B, width, n_out]
-        cc_sel = bounds.backward(g, fwd, C_sel, opts.depth)
-        lbc_sel = torch.where(valid, bounds.lower_of(cc_sel, n), -torch.inf)
+        record = {t: None for t in fwd.relax} if self.first else None
+        cc_sel = bounds.backward(g, fwd, C_sel, opts.depth, record=record)
+        lbc_sel = torch.where(valid, dom.lower(cc_sel), -torch.inf)
         lbc = torch.full_like(lbf, -torch.inf).scatter(1, idx, lbc_sel)
         cc = cf.scatter(1, idx.unsqueeze(-1).expand(-1, -1, cf.shape[-1]), cc_sel)
         use_c = lbc >= lbf
         coefs = torch.where(use_c.unsqueeze(-1), cc, cf)
         lb = torch.maximum(torch.maximum(lbf, lbc), bounds.interval_rows(fwd, grp.C))
         self.boxes += B
-        return lb, coefs, fwd.split_scores
+        verts = dom.verts.numpy() if dom.verts is not None else None
+        return _Bounds(lb, coefs, fwd.split_scores, record or {}, fwd.relax, idx, verts)
 
     def margins(self, grp: _Group, dev: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
         C_abs = grp.C.abs()
@@ -270,112 +212,158 @@ class Search:
     # ---- branch and bound ------------------------------------------------------------
 
     def _group(self, grp: _Group) -> int:
-        """Decide one group; returns the number of unresolvable boxes (raises on cex/deadline)."""
+        """Decide one group; returns the number of unresolvable domains (raises on cex/deadline)."""
         opts = self.opts
+        started = time.monotonic()
         if grp.R == 0 or any(len(d.b) == 0 for d in (self.prop.disjuncts[k] for k in grp.indices)):
             # a disjunct without output rows: its whole box is unsafe; any point shows it
-            centre = (grp.lo + grp.hi) / 2
-            self._try(grp, centre[None], np.array([-1.0]))
+            self.screen(grp, ((grp.lo + grp.hi) / 2)[None])
             return 1
-        self._check_time()
-        pts, y64, dev = self._calibrate(grp)
-        v = grp.violation(y64).numpy()
-        self._try(grp, pts, v)
-        if opts.pgd_starts:
-            self._pgd(grp, pts[np.argsort(v)[: opts.pgd_starts]], grp.lo, grp.hi)
+        self.check_time()
+        pts, y32, dev = self.calibrate(grp)
+        v0 = grp.violation(torch.as_tensor(y32)).numpy()
+        self.screen(grp, pts[np.argsort(v0)[: opts.max_replays]])
         root_lo, root_hi = widen_to_float32(grp.lo, grp.hi)
         margin = self.margins(grp, dev, root_lo, root_hi)  # over the box that is proven
         root_w = np.where(root_hi > root_lo, root_hi - root_lo, 1.0)
-        q_lo = root_lo[None].copy()
-        q_hi = root_hi[None].copy()
-        q_open = np.ones((1, grp.D), dtype=bool)
-        q_prio = np.array([-np.inf])
+        q = splitting.Queue(len(root_lo), grp.D)
+        q.push(q.root(root_lo, root_hi))
         unresolved = 0
-        true_lo, true_hi = grp.lo, grp.hi
-        while len(q_prio):
-            self._check_time()
-            if len(q_prio) > opts.max_boxes:
+        seeds, seed_v, attacked = None, None, False
+        per_box = 0
+        while len(q):
+            self.check_time()
+            if len(q) > opts.max_boxes or q.nbytes() + per_box * len(q) > opts.memory_mb * 2**20:
                 raise _TooManyBoxes()
-            take = min(opts.batch, len(q_prio))
-            if take < len(q_prio):
-                sel = np.argpartition(q_prio, take - 1)[:take]
-                keep = np.ones(len(q_prio), dtype=bool)
-                keep[sel] = False
-            else:
-                sel = np.arange(len(q_prio))
-                keep = np.zeros(len(q_prio), dtype=bool)
-            b_lo, b_hi, b_open = q_lo[sel], q_hi[sel], q_open[sel]
-            q_lo, q_hi, q_open, q_prio = q_lo[keep], q_hi[keep], q_open[keep], q_prio[keep]
-
-            lo_t, hi_t = torch.as_tensor(b_lo), torch.as_tensor(b_hi)
-            lb, coefs, scores = self._bound(grp, lo_t, hi_t, torch.as_tensor(b_open))
-            gap = lb - grp.b - margin  # > 0: the row is infeasible on the box
+            batch = q.pop(opts.batch)
+            b_open = torch.as_tensor(batch["open"])
+            res = self._bound(grp, batch, b_open)
+            gap = res.lb - grp.b - margin  # > 0: the row is infeasible on the domain
             score = grp.per_disjunct_max(gap)  # [B, D] > 0: the disjunct is excluded
             # "closed" must be proven: written as ~(score > 0) so that a NaN bound keeps it open
-            still = torch.as_tensor(b_open) & ~(score > 0)
+            still = b_open & ~(score > 0)
             alive = still.any(1)
             if not bool(alive.any()):
                 continue
             idx = torch.nonzero(alive).flatten()
-            worst = torch.where(still[idx], score[idx], torch.inf).min(1)
-            wd = worst.values.numpy()
-
+            worst = torch.where(still[idx], score[idx], torch.inf).min(1).values.numpy()
+            ii = idx.numpy()
+            wrow = torch.where(still[idx][:, grp.owner], gap[idx], torch.inf).argmin(1)  # worst open row
+            c_worst = res.coefs[idx, wrow, : len(root_lo)].numpy()
+            if seeds is None:  # the root did not close: screen its worst corners (every row's)
+                c_all = res.coefs[idx, :, : len(root_lo)].numpy()
+                reps = c_all.shape[1]
+                corners = self.worst_points(np.repeat(batch["lo"][ii], reps, 0), np.repeat(batch["hi"][ii], reps, 0),
+                                            c_all.reshape(-1, len(root_lo)), None)
+                seeds = np.concatenate([corners, pts[np.argsort(v0)[: opts.pgd_starts]]])
+                seed_v = self.screen(grp, seeds)
+            elif not attacked and self.boxes >= opts.attack_after:
+                # not certified quickly: PGD from the best of them (cheap instances never pay it)
+                attacked = True
+                self.pgd(grp, seeds[np.argsort(seed_v)[: opts.pgd_starts]], opts.pgd_steps)
             if opts.box_candidates:
-                # the boxes closest to a counterexample: their centres and worst corners
-                pick = idx.numpy()[np.argsort(wd)[: opts.box_candidates]]
-                self._box_candidates(grp, b_lo[pick], b_hi[pick], coefs[pick], gap[pick], still[pick],
-                                     true_lo, true_hi)
-
-            p_lo, p_hi, p_open = b_lo[idx.numpy()], b_hi[idx.numpy()], still[idx].numpy()
-            dims = self._split_dims(grp, p_lo, p_hi, root_w, coefs[idx], gap[idx], still[idx],
-                                    scores[idx] if scores is not None else None)
-            rows = np.arange(len(dims))
-            width = p_hi[rows, dims] - p_lo[rows, dims]
-            ok = width >= opts.min_width
+                pick = np.argsort(worst)[: opts.box_candidates]
+                verts = res.verts[ii[pick]] if res.verts is not None else None
+                cand = np.concatenate([(batch["lo"][ii[pick]] + batch["hi"][ii[pick]]) / 2,
+                                       self.worst_points(batch["lo"][ii[pick]], batch["hi"][ii[pick]],
+                                                         c_worst[pick], verts)])
+                v = self.screen(grp, cand)
+                if opts.pgd_restarts and self.pgd_allowed(started):
+                    self.pgd(grp, cand[np.argsort(v)[: opts.pgd_restarts]], opts.pgd_restart_steps)
+            kind, dims, w, d = self._choose(grp, batch, res, idx, wrow, root_w)
+            lo_i, hi_i = batch["lo"][ii], batch["hi"][ii]
+            span = np.where(kind == 0, (hi_i - lo_i)[np.arange(len(ii)), dims], (hi_i - lo_i).max(1))
+            ok = span >= opts.min_width
             unresolved += int((~ok).sum())
-            rows, dims = rows[ok], dims[ok]
-            mid = (p_lo[rows, dims] + p_hi[rows, dims]) / 2
-            left_hi = p_hi[rows].copy()
-            left_hi[np.arange(len(rows)), dims] = mid
-            right_lo = p_lo[rows].copy()
-            right_lo[np.arange(len(rows)), dims] = mid
-            q_lo = np.concatenate([q_lo, p_lo[rows], right_lo])
-            q_hi = np.concatenate([q_hi, left_hi, p_hi[rows]])
-            q_open = np.concatenate([q_open, p_open[rows], p_open[rows]])
-            q_prio = np.concatenate([q_prio, wd[rows], wd[rows]])
+            if not ok.any():
+                continue
+            sub = {k_: v_[ii] for k_, v_ in batch.items()}
+            sub["open"] = still[idx].numpy()
+            sub["prio"] = worst
+            children = splitting.split(sub, np.nonzero(ok)[0], kind[ok], dims[ok], w[ok], d[ok], len(root_lo))
+            q.push(children)
+            per_box = max(per_box, self._bytes_per_domain(res, len(batch["lo"])))
         return unresolved
 
-    def _split_dims(self, grp, lo, hi, root_w, coefs, gap, still, scores) -> np.ndarray:
-        rel = (hi - lo) / root_w
-        if self.opts.branching == "unstable":
-            sc = scores.numpy()
+    def _bytes_per_domain(self, res: _Bounds, B: int) -> int:
+        return 0  # the queue holds no per-domain tensors of the bound engine (yet)
+
+    def _choose(self, grp: _Group, batch: dict, res: _Bounds, idx: torch.Tensor, wrow: torch.Tensor,
+                root_w: np.ndarray):
+        """How to split each alive domain: ``(kind, dims, w, d)``, kind 1 a ReLU split along
+        ``w . x + d = 0``, kind 0 an input split of ``dims``."""
+        n = len(root_w)
+        A = len(idx)
+        ii = idx.numpy()
+        rel = (batch["hi"][ii] - batch["lo"][ii]) / root_w
+        dims = self._input_dims(res, idx, wrow, rel)
+        kind = np.zeros(A, dtype=np.int64)
+        w, d = np.zeros((A, n)), np.zeros(A)
+        if not self.first:
+            return kind, dims, w, d
+        # the backward row of each domain's worst row; scores over the whole batch (indexing
+        # the relaxations first would copy them), then the alive domains' rows
+        B = len(batch["lo"])
+        brow = torch.zeros(B, dtype=torch.long)
+        brow[idx] = (res.rows[idx] == wrow.unsqueeze(1)).to(torch.int64).argmax(1)
+        best_first = torch.full((A,), -1.0, dtype=torch.float64)
+        best_idx = torch.zeros(A, dtype=torch.long)
+        best_t = [None] * A
+        best_deep = torch.zeros(A, dtype=torch.float64)
+        ratio = self.opts.relu_split_ratio
+        for t, lam in res.lams.items():
+            if lam is None or t not in self.relus or (ratio == 0 and t not in self.first):
+                continue
+            s = _babsr(lam[torch.arange(B), brow], res.relax[t])
+            if s is None:
+                continue
+            m, j = s.reshape(B, -1)[idx].max(1)
+            if t in self.first:
+                better = m > best_first
+                best_first = torch.where(better, m, best_first)
+                best_idx = torch.where(better, j, best_idx)
+                for a in torch.nonzero(better).flatten().tolist():
+                    best_t[a] = t
+            else:
+                best_deep = torch.maximum(best_deep, m)
+        use = (best_first > 0) & (best_first >= ratio * best_deep)
+        for a in torch.nonzero(use).flatten().tolist():
+            W, off = self.first[best_t[a]]
+            j = int(best_idx[a])
+            kind[a], w[a], d[a] = 1, W[:, j], off[j]
+        return kind, dims, w, d
+
+    def _input_dims(self, res: _Bounds, idx: torch.Tensor, wrow: torch.Tensor, rel: np.ndarray) -> np.ndarray:
+        if self.opts.branching == "unstable" and res.scores is not None:
+            sc = res.scores[idx].numpy()
             dims = sc.argmax(1)
             flat = sc.max(1) <= 0  # nothing unstable left: fall back to the widest
             dims[flat] = rel[flat].argmax(1)
             return dims
         if self.opts.branching == "gradient":
-            n = lo.shape[1]
-            # The worst open row's linear bound: split where it varies most across the box.
-            g = torch.where(still[:, grp.owner], gap, torch.inf)
-            r = g.argmin(1)
-            c = coefs[torch.arange(len(r)), r, :n].abs().numpy()
+            n = rel.shape[1]
+            c = res.coefs[idx, wrow, :n].abs().numpy()
             dims = c.argmax(1)
             flat = c.max(1) <= 0
             dims[flat] = rel[flat].argmax(1)
             return dims
         return rel.argmax(1)
 
-    def _box_candidates(self, grp, lo, hi, coefs, gap, still, true_lo, true_hi) -> None:
-        """Centres, and the corner minimising each box's worst row bound, as counterexamples."""
-        n = lo.shape[1]
-        mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        g = torch.where(still[:, grp.owner], gap, torch.inf)
-        r = g.argmin(1)
-        c = coefs[torch.arange(len(r)), r, :n].numpy()
-        corner = mid - rad * np.sign(c)
-        x = np.clip(np.concatenate([mid, corner]), true_lo, true_hi)
-        v = grp.violation(self._eval(x)).numpy()
-        self._try(grp, x, v)
+
+def _babsr(lam: torch.Tensor, relax) -> torch.Tensor | None:
+    """BaBSR's score of every unstable ReLU: what its relaxation costs the bound, for the
+    multiplier ``lam`` that reached it -- the chord's intercept ``ub`` (its largest gap) for a
+    negative multiplier, half the lower line's largest gap for a positive one."""
+    ls, lb, us, ub = relax
+    # the kink within 1e-6 of the range's end (a domain already cut along it, up to
+    # rounding) is as good as stable: splitting there again would make no progress
+    unstable = (us > 1e-6) & (us < 1 - 1e-6) & (ub > 0)
+    if not bool(unstable.any()):
+        return None
+    us_c = us.clamp(1e-12, 1 - 1e-12)
+    low_gap = torch.minimum(ub / us_c, ub / (1 - us_c)) * 0.5  # min(-l, u) / 2
+    s = torch.where(lam < 0, -lam * ub, lam * low_gap)
+    return torch.where(unstable, s, torch.zeros_like(s))
 
 
 def verify(model: PreparedModel, prop: Property, timeout: float, opts: BuiltinOptions,

@@ -58,10 +58,15 @@ class BuiltinBackend(Backend):
         t0 = time.monotonic()
         threads = torch.get_num_threads()
         torch.set_num_threads(self.options.threads or thread_share())
+        # subnormal float64 arithmetic is ~100x slower; flushing them to zero moves a bound
+        # by < 1e-307, far inside the safety margin
+        flush = torch.set_flush_denormal(True)
         try:
             return self._verify(instance, t0)
         finally:
             torch.set_num_threads(threads)
+            if flush:
+                torch.set_flush_denormal(False)
 
     def _verify(self, instance: Instance, t0: float) -> Verdict:
         done = timed(t0)

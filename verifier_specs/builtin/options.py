@@ -18,21 +18,29 @@ RELU_LOWER = ("adaptive", "parallel", "zero")
 class BuiltinOptions:
     batch: int = 32
     branching: str = "unstable"
+    relu_split: bool = True
+    relu_split_ratio: float = 0.0
     backward_depth: int = -1
     ibp: bool = False
     relu_lower: str = "adaptive"
     grid: int = 11
     random_samples: int = 64
+    attack_after: int = 16
     pgd_starts: int = 4
     pgd_steps: int = 10
+    pgd_restarts: int = 2
+    pgd_restart_steps: int = 5
+    pgd_share: float = 0.2
     box_candidates: int = 8
     max_replays: int = 4
+    calibration_points: int = 16
     margin_rel: float = 1e-5
     margin_calibration: float = 100.0
     rigorous_float32: bool = False
     min_width: float = 1e-9
     max_boxes: int = 2_000_000
-    threads: int = 0  # 0: USNPRUNE_THREADS if set (the executors set it per worker), else all cores
+    memory_mb: int = 1024
+    threads: int = 1
     profile_name: str = "builtin"
 
     def check(self, where: str = "builtin") -> None:
@@ -44,7 +52,8 @@ class BuiltinOptions:
         require(self.backward_depth >= -1, f"{where}.backward_depth",
                 f"must be -1 (back to the input) or >= 0, got {self.backward_depth}")
         require(1 <= self.grid <= 1001, f"{where}.grid", f"must be in [1, 1001], got {self.grid}")
-        for key in ("random_samples", "pgd_starts", "pgd_steps", "max_replays", "box_candidates"):
+        for key in ("attack_after", "random_samples", "pgd_starts", "pgd_steps", "max_replays", "box_candidates", "pgd_restarts",
+                    "pgd_restart_steps", "calibration_points"):
             v = getattr(self, key)
             require(0 <= v <= 100000, f"{where}.{key}", f"must be in [0, 100000], got {v}")
         require(self.max_replays >= 1, f"{where}.max_replays", f"must be >= 1, got {self.max_replays}")
@@ -54,6 +63,12 @@ class BuiltinOptions:
                 f"must be in [0, 1e6], got {self.margin_calibration}")
         require(0 < self.min_width <= 1e-3, f"{where}.min_width", f"must be in (0, 1e-3], got {self.min_width}")
         require(self.max_boxes >= 1, f"{where}.max_boxes", f"must be >= 1, got {self.max_boxes}")
+        require(16 <= self.memory_mb <= 1 << 20, f"{where}.memory_mb", f"must be in [16, 1048576], got {self.memory_mb}")
+        require(0.0 <= self.pgd_share <= 1.0, f"{where}.pgd_share", f"must be in [0, 1], got {self.pgd_share}")
+        require(0.0 <= self.relu_split_ratio <= 1e6, f"{where}.relu_split_ratio",
+                f"must be in [0, 1e6], got {self.relu_split_ratio}")
+        require(self.calibration_points >= 1, f"{where}.calibration_points",
+                f"must be >= 1, got {self.calibration_points}")
         require(0 <= self.threads <= 256, f"{where}.threads", f"must be in [0, 256], got {self.threads}")
 
     @property

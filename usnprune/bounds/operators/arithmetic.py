@@ -28,9 +28,9 @@ class _Elementwise(AffineRule):
                 c = per_sample_const(info, pos, rank)
                 self.const = tensor(c)
                 shapes.append(tuple(c.shape))
-        try:
-            self.out_shape = tuple(torch.broadcast_shapes(*shapes))
-        except RuntimeError:
+        try:  # numpy's: torch.broadcast_shapes imports sympy (over a second)
+            self.out_shape = tuple(int(d) for d in np.broadcast_shapes(*shapes))
+        except ValueError:
             raise info.fail(f"shapes {shapes} do not broadcast") from None
         self.positions = list(info.var_pos)  # ONNX position of each bounded input
 
@@ -105,7 +105,10 @@ class _Scale(AffineRule):
             c = 1.0 / c
         self.c = tensor(c)
         self.c_abs = self.c.abs()
-        self.out_shape = tuple(torch.broadcast_shapes(tuple(self.in_shapes[0]), tuple(c.shape)))
+        try:
+            self.out_shape = tuple(int(d) for d in np.broadcast_shapes(tuple(self.in_shapes[0]), tuple(c.shape)))
+        except ValueError:
+            raise info.fail(f"shapes {tuple(self.in_shapes[0])} and {tuple(c.shape)} do not broadcast") from None
 
     def apply(self, i, x):
         return x * self.c
