@@ -167,7 +167,13 @@ def read_graph(source) -> Graph:
     model = load_model(source)
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    consts: dict[str, np.ndarray] = {}
+    owned = not isinstance(source, onnx.ModelProto)
+    for t in g.initializer:
+        consts[t.name] = numpy_helper.to_array(t)
+        if owned:  # read from a file here: drop the proto's copy at once (weights held once)
+            for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
+                t.ClearField(field)
     inputs = [i for i in g.input if i.name not in consts]
     if len(inputs) != 1:
         raise UnsupportedModel(f"the builtin verifier needs exactly one network input, found {len(inputs)}")
@@ -249,7 +255,22 @@ def read_graph(source) -> Graph:
         for t in n.inputs:
             depth[t] = max(depth.get(t, 0), d)
     nodes = [n for n in nodes if n.output in depth]  # drop dead branches
-    return Graph(x.name, input_shape, out_name, nodes, shapes, depth, producer, _last_use(nodes, out_name))
+    in_name = str(x.name)
+    if owned:  # the proto (its arena) goes with every reference into it
+        del model, g, consts, values, x, inputs, tt, dims
+        _release_freed_memory()
+    return Graph(in_name, input_shape, out_name, nodes, shapes, depth, producer, _last_use(nodes, out_name))
+
+
+def _release_freed_memory() -> None:
+    """Give the parsed file's freed memory back to the system (glibc keeps it otherwise, and
+    a 250 MB model would count twice in the process's footprint)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _last_use(nodes: list[GNode], out_name: str) -> dict[str, int]:

@@ -104,13 +104,19 @@ def stop_tensors(graph: Graph, depth: int | None) -> set[str]:
 
 def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] = frozenset(),
             ibp: bool = True, relu_lower: str = "adaptive", keep_intervals: bool | set = False,
-            split_scores: bool = False, domains: Domains | None = None) -> ForwardResult:
+            split_scores: bool = False, domains: Domains | None = None, refine: int = 0) -> ForwardResult:
     """Forward-mode linear bounds over the boxes ``[lo, hi]`` (``[B, n]`` float64), or over
-    ``domains`` (boxes cut by half-spaces; ``lo``/``hi`` are then their bounding boxes)."""
+    ``domains`` (boxes cut by half-spaces; ``lo``/``hi`` are then their bounding boxes).
+
+    ``refine``: the input of every ReLU layer with at most this many neurons is also bounded
+    by a backward (CROWN) pass to the input, through the relaxations found so far, and the
+    two intervals intersected ("crown" intermediate bounds: tighter than forward mode, at a
+    backward pass of two rows per neuron)."""
     dom = domains if domains is not None else Domains(lo, hi)
     B, n = lo.shape
     K = n + 1
     state: dict[str, LinBound] = {graph.input_name: input_bound(graph, lo, hi)}
+    x_in = state[graph.input_name]
     relax: dict[str, tuple] = {}
     kept: dict[str, LinBound] = {}
     intervals: dict[str, tuple] = {}
@@ -135,7 +141,10 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
             if scores is not None:
                 scores += _max_instability(rule, ins[0], rel, n)
         else:
-            out, rel = _activation(rule, ins[0], n, relu_lower, dom)
+            x = ins[0]
+            if refine and not x.exact and node.op_type == "Relu" and x.lo[0].numel() <= refine:
+                ins[0] = x = _refined(graph, node.inputs[0], x, relax, x_in, dom)
+            out, rel = _activation(rule, x, n, relu_lower, dom)
             relax[node.output] = rel  # by tensor: ONNX output names are unique, node names need not be
             if scores is not None:
                 scores += _instability(ins[0], rel, n)
@@ -148,6 +157,19 @@ def forward(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, *, keep: set[str] 
             if graph.last_use.get(t) == k and t != graph.output_name:
                 state.pop(t, None)
     return ForwardResult(state[graph.output_name], relax, kept, intervals, n, scores)
+
+
+def _refined(graph: Graph, t: str, x: LinBound, relax: dict, inp: LinBound, dom: Domains) -> LinBound:
+    """``x`` with its interval intersected with CROWN's bounds of tensor ``t``."""
+    B = x.lo.shape[0]
+    N = x.lo[0].numel()
+    eye = torch.eye(N, dtype=DTYPE)
+    C = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1)
+    part = ForwardResult(None, relax, {graph.input_name: inp}, {}, dom.n)
+    v = dom.lower(backward(graph, part, C, None, start=t))
+    lo = torch.maximum(x.lo, v[:, :N].reshape(x.lo.shape))
+    hi = torch.minimum(x.hi, (-v[:, N:]).reshape(x.hi.shape))
+    return LinBound(x.lw, x.uw, lo, hi)
 
 
 def _instability(x: LinBound, rel, n: int) -> torch.Tensor:
@@ -259,24 +281,29 @@ def _contract(lam: torch.Tensor, b: LinBound) -> torch.Tensor:
 
 
 def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | None,
-             record: dict | None = None) -> torch.Tensor:
+             record: dict | None = None, alphas: dict | None = None, start: str | None = None) -> torch.Tensor:
     """Coefficients ``[B, R, K]`` of affine functions of ``t`` that lower-bound ``C @ y`` per box.
 
     ``C`` is ``[R, n_outputs]`` (the same rows for every box) or ``[B, R, n_outputs]``.
     ``fwd`` must have been run with ``keep=stop_tensors(graph, depth)``. ``record``: a dict
     whose keys name activation outputs; each gets the multiplier ``[B, R, *shape]`` that
-    reached it (branching scores neurons by it).
+    reached it (branching scores neurons by it). ``alphas``: ReLU output -> lower slopes
+    ``[B, R, *shape]`` in ``[0, 1]`` for its unstable neurons (alpha-CROWN; every slope in
+    ``[0, 1]`` is a sound lower line through the origin). ``start``: bound rows of this
+    tensor instead of the output (``C`` ``[B, R, numel]``; intermediate-bound refinement).
     """
     n = fwd.n
     K = n + 1
-    B = fwd.out.lo.shape[0]
+    start = start or graph.output_name
+    B = fwd.out.lo.shape[0] if C.dim() == 2 else C.shape[0]
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     R = C.shape[1]
     stops = stop_tensors(graph, depth)
-    lams: dict[str, torch.Tensor] = {graph.output_name: C.reshape((B, R) + graph.shapes[graph.output_name])}
+    lams: dict[str, torch.Tensor] = {start: C.reshape((B, R) + graph.shapes[start])}
     acc = torch.zeros((B, R, K), dtype=DTYPE)
-    for node in reversed(graph.nodes):
+    last = len(graph.nodes) if start == graph.output_name else graph.nodes.index(graph.producer[start]) + 1
+    for node in reversed(graph.nodes[:last]):
         lam = lams.pop(node.output, None)
         if lam is None:
             continue
@@ -306,6 +333,8 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
             if record is not None and node.output in record:
                 record[node.output] = lam
             ls, lb, us, ub = (v.unsqueeze(1) for v in fwd.relax[node.output])
+            if alphas is not None and node.output in alphas:
+                ls = torch.where((us > 0) & (us < 1), alphas[node.output], ls)
             # a positive multiplier takes the lower relaxation, a negative one the upper
             neg = lam < 0
             g = lam * torch.where(neg, us, ls)
@@ -316,6 +345,61 @@ def backward(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | Non
     if lam is not None:
         acc += _contract(lam, fwd.kept[graph.input_name])
     return acc
+
+
+def optimize_alpha(graph: Graph, fwd: ForwardResult, C: torch.Tensor, depth: int | None, lower,
+                   iters: int, lr: float, init: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """alpha-CROWN on the rows ``C``: the lower slopes of the unstable ReLUs, one per box,
+    row and neuron, maximise the concretized bound ``lower(coefs)`` (``[B, R]``) by projected
+    Adam steps from ``init`` (a parent's slopes) or CROWN's adaptive choice. Every iterate
+    is sound; per box and row the best bound found is kept, so the result is never worse
+    than plain CROWN (the first iterate). Returns its coefficients and the final slopes."""
+    B = fwd.out.lo.shape[0]
+    R = C.shape[-2]
+    alphas = {}
+    for node in graph.nodes:
+        if node.op_type != "Relu" or node.output not in fwd.relax:
+            continue
+        ls, _, us, _ = fwd.relax[node.output]
+        if not bool(((us > 0) & (us < 1)).any()):
+            continue
+        start = ls.unsqueeze(1).expand((B, R) + tuple(ls.shape[1:]))
+        a0 = init.get(node.output) if init else None
+        if a0 is None or tuple(a0.shape) != tuple(start.shape):
+            a0 = start
+        else:  # a parent's slopes; where it had none (nan), CROWN's choice
+            a0 = torch.where(torch.isnan(a0), start, a0.to(start.dtype)).clamp(0.0, 1.0)
+        alphas[node.output] = a0.detach().clone().requires_grad_(True)
+    if not alphas or iters <= 0:
+        return backward(graph, fwd, C, depth), {}
+    params = list(alphas.values())
+    m1 = [torch.zeros_like(a) for a in params]  # Adam's moments, by hand: torch.optim imports
+    m2 = [torch.zeros_like(a) for a in params]  # torch._dynamo and sympy (seconds) on first use
+    best_lb = best = None
+    for it in range(iters + 1):
+        with torch.enable_grad():
+            coefs = backward(graph, fwd, C, depth, alphas=alphas)
+            lb = lower(coefs)
+        with torch.no_grad():
+            if best is None:
+                best, best_lb = coefs.detach().clone(), lb.detach().clone()
+            else:
+                better = lb.detach() > best_lb
+                best = torch.where(better.unsqueeze(-1), coefs.detach(), best)
+                best_lb = torch.maximum(best_lb, lb.detach())
+        if it == iters:
+            break
+        with torch.enable_grad():
+            grads = torch.autograd.grad(lb.sum(), params, allow_unused=True)
+        with torch.no_grad():
+            for a, g, p1, p2 in zip(params, grads, m1, m2):
+                if g is None:
+                    continue
+                p1.mul_(0.9).add_(g, alpha=0.1)
+                p2.mul_(0.999).addcmul_(g, g, value=0.001)
+                step = lr * (p1 / (1 - 0.9 ** (it + 1))) / ((p2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-8)
+                a.add_(step).clamp_(0.0, 1.0)  # ascent on the bound
+    return best, {t: a.detach() for t, a in alphas.items()}
 
 
 def lower_of(coefs: torch.Tensor, n: int) -> torch.Tensor:
@@ -383,4 +467,4 @@ def float32_error(graph: Graph, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
 
 
 __all__ = ["ForwardResult", "LinBound", "backward", "concretize", "float32_error", "forward", "forward_rows",
-           "gamma", "input_bound", "interval_rows", "lower_of", "stop_tensors"]
+           "gamma", "input_bound", "interval_rows", "lower_of", "optimize_alpha", "stop_tensors"]

@@ -45,6 +45,7 @@ from usnprune.bounds.graph import Graph
 from usnprune.export.vnnlib import Disjunct, Property
 
 from . import split as splitting
+from .branching import Branching
 from .falsify import Deadline, Falsifier, Found
 from .options import BuiltinOptions
 
@@ -118,9 +119,10 @@ class _Bounds:
     relax: dict  # activation output -> relaxation
     rows: torch.Tensor  # [B, R'] which row each backward row is
     verts: np.ndarray | None  # [B, V, 2] polygon vertices in t
+    alpha: np.ndarray | None = None  # [B, R, A] optimised slopes, for the children's warm start
 
 
-class Search(Falsifier):
+class Search(Falsifier, Branching):
     """One property on one prepared model, within a deadline."""
 
     def __init__(self, model: PreparedModel, prop: Property, opts: BuiltinOptions, deadline: float) -> None:
@@ -132,6 +134,9 @@ class Search(Falsifier):
         # bound over several cuts is loose and cost more sub-domains than it saved)
         self.first = self.graph.first_layer() if opts.relu_split and self.graph.n_inputs == 2 else {}
         self.relus = {n.output for n in self.graph.nodes if n.op_type == "Relu"}
+        self.use_refine = opts.refine == "on"
+        self.use_alpha = opts.alpha == "on"
+        self.batch = opts.batch or auto_batch(self.graph, opts, self.use_refine)
 
     # ---- entry point ----------------------------------------------------------------
 
@@ -172,15 +177,18 @@ class Search(Falsifier):
 
     # ---- bounds -----------------------------------------------------------------------
 
-    def _bound(self, grp: _Group, batch: dict, open_: torch.Tensor) -> _Bounds:
+    def _bound(self, grp: _Group, batch: dict, open_: torch.Tensor, refine: bool | None = None,
+               alpha: bool | None = None) -> _Bounds:
         """Lower bounds of every row over each domain of ``batch``. The backward pass, the
         expensive part, only runs for the rows of disjuncts still open (``open_ [B, D]``)."""
         g, opts = self.graph, self.opts
+        refine = self.use_refine if refine is None else refine
+        alpha = self.use_alpha if alpha is None else alpha
         dom = splitting.domains(batch)
         B, n = dom.lo.shape
         keep = bounds.stop_tensors(g, opts.depth)
         fwd = bounds.forward(g, dom.lo, dom.hi, keep=keep, ibp=opts.ibp, relu_lower=opts.relu_lower,
-                             split_scores=True, domains=dom)
+                             split_scores=True, domains=dom, refine=opts.refine_neurons if refine else 0)
         cf = bounds.forward_rows(fwd, grp.C)
         lbf = dom.lower(cf)
         rows_open = open_[:, grp.owner]  # [B, R]
@@ -190,6 +198,14 @@ class Search(Falsifier):
         C_sel = grp.C[idx] * valid.unsqueeze(-1).to(grp.C.dtype)  # [B, width, n_out]
         record = {t: None for t in fwd.relax} if self.first else None
         cc_sel = bounds.backward(g, fwd, C_sel, opts.depth, record=record)
+        store = None
+        if alpha:
+            init, iters = self._alpha_init(batch, idx), opts.alpha_iterations
+            if init is not None:
+                iters = opts.alpha_child_iterations  # warm start from the parent's slopes
+            with torch.enable_grad():
+                cc_sel, found = bounds.optimize_alpha(g, fwd, C_sel, opts.depth, dom.lower, iters, opts.alpha_lr, init)
+            store = self._alpha_store(batch, idx, found, grp.R)
         lbc_sel = torch.where(valid, dom.lower(cc_sel), -torch.inf)
         lbc = torch.full_like(lbf, -torch.inf).scatter(1, idx, lbc_sel)
         cc = cf.scatter(1, idx.unsqueeze(-1).expand(-1, -1, cf.shape[-1]), cc_sel)
@@ -198,7 +214,47 @@ class Search(Falsifier):
         lb = torch.maximum(torch.maximum(lbf, lbc), bounds.interval_rows(fwd, grp.C))
         self.boxes += B
         verts = dom.verts.numpy() if dom.verts is not None else None
-        return _Bounds(lb, coefs, fwd.split_scores, record or {}, fwd.relax, idx, verts)
+        return _Bounds(lb, coefs, fwd.split_scores, record or {}, fwd.relax, idx, verts, store)
+
+    # ---- alpha-CROWN warm start: the queue keeps each domain's slopes (float32, every ReLU
+    # neuron of every row, flattened) when that is small; children start from their parent's
+
+    def _alpha_layout(self, R: int):
+        if getattr(self, "_layout", None) is None:
+            layout, off = [], 0
+            for node in self.graph.nodes:
+                if node.op_type == "Relu":
+                    shape = tuple(self.graph.shapes[node.output])
+                    size = int(np.prod(shape))
+                    layout.append((node.output, shape, off, size))
+                    off += size
+            self._layout = (layout, off if R * off * 4 <= self.opts.alpha_store_kb * 1024 else 0)
+        return self._layout
+
+    def _alpha_init(self, batch: dict, idx: torch.Tensor) -> dict | None:
+        if "alpha" not in batch:
+            return None
+        stored = torch.as_tensor(batch["alpha"], dtype=torch.float64)  # [B, R, A]
+        B, W = idx.shape
+        rows = torch.gather(stored, 1, idx.unsqueeze(-1).expand(B, W, stored.shape[-1]))
+        layout, _ = self._alpha_layout(stored.shape[1])
+        return {t: rows[..., off:off + size].reshape((B, W) + shape) for t, shape, off, size in layout}
+
+    def _alpha_store(self, batch: dict, idx: torch.Tensor, found: dict, R: int) -> np.ndarray | None:
+        layout, A = self._alpha_layout(R)
+        if not A or not found:
+            return None
+        B, W = idx.shape
+        if "alpha" in batch:
+            store = torch.as_tensor(batch["alpha"], dtype=torch.float32).clone()
+        else:
+            store = torch.full((B, R, A), float("nan"), dtype=torch.float32)  # nan: no slope yet
+        rows = torch.gather(store, 1, idx.unsqueeze(-1).expand(B, W, A))
+        for t, shape, off, size in layout:
+            if t in found:
+                rows[..., off:off + size] = found[t].reshape(B, W, size).to(torch.float32)
+        store.scatter_(1, idx.unsqueeze(-1).expand(B, W, A), rows)
+        return store.numpy()
 
     def margins(self, grp: _Group, dev: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
         C_abs = grp.C.abs()
@@ -228,6 +284,14 @@ class Search(Falsifier):
         root_w = np.where(root_hi > root_lo, root_hi - root_lo, 1.0)
         q = splitting.Queue(len(root_lo), grp.D)
         q.push(q.root(root_lo, root_hi))
+        if "auto" in (opts.refine, opts.alpha):
+            # decided once per model, box and property rows (a rerun, or the same rows again)
+            key = ("tune", root_lo.tobytes(), root_hi.tobytes(), grp.C.numpy().tobytes(), grp.b.numpy().tobytes())
+            if key not in self.model.calibration:
+                self._tune(grp, q.root(root_lo, root_hi), margin)
+                self.model.calibration[key] = (self.use_refine, self.use_alpha)
+            self.use_refine, self.use_alpha = self.model.calibration[key]
+            self.batch = opts.batch or auto_batch(self.graph, opts, self.use_refine)
         unresolved = 0
         seeds, seed_v, attacked = None, None, False
         per_box = 0
@@ -235,7 +299,7 @@ class Search(Falsifier):
             self.check_time()
             if len(q) > opts.max_boxes or q.nbytes() + per_box * len(q) > opts.memory_mb * 2**20:
                 raise _TooManyBoxes()
-            batch = q.pop(opts.batch)
+            batch = q.pop(self.batch)
             b_open = torch.as_tensor(batch["open"])
             res = self._bound(grp, batch, b_open)
             gap = res.lb - grp.b - margin  # > 0: the row is infeasible on the domain
@@ -270,7 +334,7 @@ class Search(Falsifier):
                 v = self.screen(grp, cand)
                 if opts.pgd_restarts and self.pgd_allowed(started):
                     self.pgd(grp, cand[np.argsort(v)[: opts.pgd_restarts]], opts.pgd_restart_steps)
-            kind, dims, w, d = self._choose(grp, batch, res, idx, wrow, root_w)
+            kind, dims, w, d = self.choose(grp, batch, res, idx, wrow, root_w)
             lo_i, hi_i = batch["lo"][ii], batch["hi"][ii]
             span = np.where(kind == 0, (hi_i - lo_i)[np.arange(len(ii)), dims], (hi_i - lo_i).max(1))
             ok = span >= opts.min_width
@@ -278,6 +342,8 @@ class Search(Falsifier):
             if not ok.any():
                 continue
             sub = {k_: v_[ii] for k_, v_ in batch.items()}
+            if res.alpha is not None:
+                sub["alpha"] = res.alpha[ii]
             sub["open"] = still[idx].numpy()
             sub["prio"] = worst
             children = splitting.split(sub, np.nonzero(ok)[0], kind[ok], dims[ok], w[ok], d[ok], len(root_lo))
@@ -286,84 +352,63 @@ class Search(Falsifier):
         return unresolved
 
     def _bytes_per_domain(self, res: _Bounds, B: int) -> int:
-        return 0  # the queue holds no per-domain tensors of the bound engine (yet)
+        return 0  # the queue holds no per-domain tensors of the bound engine
 
-    def _choose(self, grp: _Group, batch: dict, res: _Bounds, idx: torch.Tensor, wrow: torch.Tensor,
-                root_w: np.ndarray):
-        """How to split each alive domain: ``(kind, dims, w, d)``, kind 1 a ReLU split along
-        ``w . x + d = 0``, kind 0 an input split of ``dims``."""
-        n = len(root_w)
-        A = len(idx)
-        ii = idx.numpy()
-        rel = (batch["hi"][ii] - batch["lo"][ii]) / root_w
-        dims = self._input_dims(res, idx, wrow, rel)
-        kind = np.zeros(A, dtype=np.int64)
-        w, d = np.zeros((A, n)), np.zeros(A)
-        if not self.first:
-            return kind, dims, w, d
-        # the backward row of each domain's worst row; scores over the whole batch (indexing
-        # the relaxations first would copy them), then the alive domains' rows
-        B = len(batch["lo"])
-        brow = torch.zeros(B, dtype=torch.long)
-        brow[idx] = (res.rows[idx] == wrow.unsqueeze(1)).to(torch.int64).argmax(1)
-        best_first = torch.full((A,), -1.0, dtype=torch.float64)
-        best_idx = torch.zeros(A, dtype=torch.long)
-        best_t = [None] * A
-        best_deep = torch.zeros(A, dtype=torch.float64)
-        ratio = self.opts.relu_split_ratio
-        for t, lam in res.lams.items():
-            if lam is None or t not in self.relus or (ratio == 0 and t not in self.first):
-                continue
-            s = _babsr(lam[torch.arange(B), brow], res.relax[t])
-            if s is None:
-                continue
-            m, j = s.reshape(B, -1)[idx].max(1)
-            if t in self.first:
-                better = m > best_first
-                best_first = torch.where(better, m, best_first)
-                best_idx = torch.where(better, j, best_idx)
-                for a in torch.nonzero(better).flatten().tolist():
-                    best_t[a] = t
-            else:
-                best_deep = torch.maximum(best_deep, m)
-        use = (best_first > 0) & (best_first >= ratio * best_deep)
-        for a in torch.nonzero(use).flatten().tolist():
-            W, off = self.first[best_t[a]]
-            j = int(best_idx[a])
-            kind[a], w[a], d[a] = 1, W[:, j], off[j]
-        return kind, dims, w, d
+    def _tune(self, grp: _Group, root: dict, margin: torch.Tensor) -> None:
+        """Refinement where it pays: bound the root plainly, then with CROWN intermediate
+        bounds and with alpha-CROWN, and keep each where ``(gap ratio)^n`` -- roughly how
+        much fewer sub-domains a gap that much smaller needs in ``n`` dimensions -- beats
+        twice its extra cost per domain, and that cost is at most ``tune_max_cost`` times
+        the plain bound's (``auto``; ``on``/``off`` skip the test)."""
+        opts = self.opts
+        open_ = torch.ones((1, grp.D), dtype=torch.bool)
 
-    def _input_dims(self, res: _Bounds, idx: torch.Tensor, wrow: torch.Tensor, rel: np.ndarray) -> np.ndarray:
-        if self.opts.branching == "unstable" and res.scores is not None:
-            sc = res.scores[idx].numpy()
-            dims = sc.argmax(1)
-            flat = sc.max(1) <= 0  # nothing unstable left: fall back to the widest
-            dims[flat] = rel[flat].argmax(1)
-            return dims
-        if self.opts.branching == "gradient":
-            n = rel.shape[1]
-            c = res.coefs[idx, wrow, :n].abs().numpy()
-            dims = c.argmax(1)
-            flat = c.max(1) <= 0
-            dims[flat] = rel[flat].argmax(1)
-            return dims
-        return rel.argmax(1)
+        def trial(**kw):
+            t = time.process_time()
+            res = self._bound(grp, root, open_, **kw)
+            worst = float(grp.per_disjunct_max(res.lb - grp.b - margin).min())
+            return worst, max(time.process_time() - t, 1e-6)
+
+        g0, t0 = trial(refine=self.use_refine, alpha=False)
+        if g0 > 0:
+            return  # the root closes as it is
+        n = min(len(grp.lo), 4)
+
+        def pays(g1, t1):
+            # conservative: measured on the root alone, the cost ratio is noisy and the tree
+            # shrinks less than the gap ratio suggests once ReLU splits cut the domains
+            cost = t1 / t0
+            return g1 > 0 or (g1 > g0 and cost <= opts.tune_max_cost and (g0 / g1) ** n > 2 * cost)
+
+        if opts.refine == "auto" and self.refinable():
+            g1, t1 = trial(refine=True, alpha=False)
+            if pays(g1, t1):
+                self.use_refine, g0, t0 = True, g1, t1
+        big = any(getattr(n.rule, "W", None) is not None and n.rule.W.dtype != torch.float64 for n in self.graph.nodes)
+        if opts.alpha == "auto" and not big and t0 <= opts.alpha_trial_max_s:
+            # (autograd through a model with float32-held weights would keep widened copies)
+            g1, t1 = trial(refine=self.use_refine, alpha=True)
+            self.use_alpha = pays(g1, t1)
+
+    def refinable(self) -> bool:
+        """Some ReLU layer beyond the first has at most ``refine_neurons`` neurons."""
+        g = self.graph
+        return any(n.op_type == "Relu" and n.output not in g.first_layer()
+                   and int(np.prod(g.shapes[n.inputs[0]])) <= self.opts.refine_neurons for n in g.nodes)
 
 
-def _babsr(lam: torch.Tensor, relax) -> torch.Tensor | None:
-    """BaBSR's score of every unstable ReLU: what its relaxation costs the bound, for the
-    multiplier ``lam`` that reached it -- the chord's intercept ``ub`` (its largest gap) for a
-    negative multiplier, half the lower line's largest gap for a positive one."""
-    ls, lb, us, ub = relax
-    # the kink within 1e-6 of the range's end (a domain already cut along it, up to
-    # rounding) is as good as stable: splitting there again would make no progress
-    unstable = (us > 1e-6) & (us < 1 - 1e-6) & (ub > 0)
-    if not bool(unstable.any()):
-        return None
-    us_c = us.clamp(1e-12, 1 - 1e-12)
-    low_gap = torch.minimum(ub / us_c, ub / (1 - us_c)) * 0.5  # min(-l, u) / 2
-    s = torch.where(lam < 0, -lam * ub, lam * low_gap)
-    return torch.where(unstable, s, torch.zeros_like(s))
+def auto_batch(graph: Graph, opts: BuiltinOptions, refine: bool) -> int:
+    """Sub-domains per batch from the memory budget: an eighth of ``memory_mb`` for the
+    batch's bound tensors, estimated from the graph -- lower and upper linear bounds of the
+    largest tensors alive at once, every activation's relaxation (kept for the backward
+    pass), the backward pass's multipliers and refinement rows -- with a factor 2 for
+    temporaries (measured: 2.3 MB per sub-domain on a 4-layer 4096-wide MLP, estimated 3.5)."""
+    K = graph.n_inputs + 1
+    sizes = sorted((int(np.prod(s)) for s in graph.shapes.values()), reverse=True)
+    acts = sum(int(np.prod(graph.shapes[n.output])) for n in graph.nodes if not n.affine)
+    rows = 8 + (2 * opts.refine_neurons if refine else 0)
+    per_box = 16 * (2 * K * sum(sizes[:3]) + 4 * acts + 2 * rows * sizes[0]) + 4096
+    return int(min(4096, max(4, opts.memory_mb * 2**20 // 8 // per_box)))
 
 
 def verify(model: PreparedModel, prop: Property, timeout: float, opts: BuiltinOptions,

@@ -21,12 +21,23 @@ from usnprune.errors import UsnpruneError
 from usnprune.export.vnnlib import VnnlibError, parse_file
 from usnprune.system import thread_share
 from usnprune.verifier_specs.base import Backend, Instance, Verdict, timed
-from usnprune.verifier_specs.replay import get_session
 
 from . import bab
 from .options import BuiltinOptions
 
 CACHE_SIZE = 4  # ONNX files kept; a chunk of instances is ordered by file, so a few suffice
+
+
+def _session(onnx_path):
+    """onnxruntime reading the file itself (no bytes copy in Python), one thread, without
+    pre-packed weight copies."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
 class BuiltinBackend(Backend):
@@ -47,11 +58,14 @@ class BuiltinBackend(Backend):
         if hit is not None:
             self._models.move_to_end(key)
             return hit
-        graph = read_graph(onnx_path)
-        model = bab.PreparedModel(graph, get_session(onnx_path), source=str(onnx_path))
-        self._models[key] = model
-        while len(self._models) > CACHE_SIZE:
+        # the previous models go first when this one would exceed the memory budget
+        size = key[2]
+        while self._models and (len(self._models) >= CACHE_SIZE or
+                                sum(k[2] for k in self._models) + size > self.options.memory_mb * 2**20):
             self._models.popitem(last=False)
+        graph = read_graph(onnx_path)  # before the session: the file's proto is freed first
+        model = bab.PreparedModel(graph, _session(onnx_path), source=str(onnx_path))
+        self._models[key] = model
         return model
 
     def verify(self, instance: Instance) -> Verdict:

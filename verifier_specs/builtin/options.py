@@ -12,17 +12,27 @@ from usnprune.config import require
 
 BRANCHING = ("widest", "gradient", "unstable")
 RELU_LOWER = ("adaptive", "parallel", "zero")
+MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass
 class BuiltinOptions:
-    batch: int = 32
+    batch: int = 0
     branching: str = "unstable"
     relu_split: bool = True
     relu_split_ratio: float = 0.0
     backward_depth: int = -1
     ibp: bool = False
     relu_lower: str = "adaptive"
+    refine: str = "auto"
+    refine_neurons: int = 128
+    alpha: str = "auto"
+    alpha_iterations: int = 8
+    alpha_child_iterations: int = 2
+    alpha_store_kb: int = 16
+    tune_max_cost: float = 3.0
+    alpha_trial_max_s: float = 0.05
+    alpha_lr: float = 0.25
     grid: int = 11
     random_samples: int = 64
     attack_after: int = 16
@@ -44,7 +54,8 @@ class BuiltinOptions:
     profile_name: str = "builtin"
 
     def check(self, where: str = "builtin") -> None:
-        require(1 <= self.batch <= 65536, f"{where}.batch", f"must be in [1, 65536], got {self.batch}")
+        require(0 <= self.batch <= 65536, f"{where}.batch", f"must be 0 (from memory_mb) or in [1, 65536], "
+                                                               f"got {self.batch}")
         require(self.branching in BRANCHING, f"{where}.branching",
                 f"must be one of {', '.join(BRANCHING)}, got {self.branching!r}")
         require(self.relu_lower in RELU_LOWER, f"{where}.relu_lower",
@@ -52,7 +63,17 @@ class BuiltinOptions:
         require(self.backward_depth >= -1, f"{where}.backward_depth",
                 f"must be -1 (back to the input) or >= 0, got {self.backward_depth}")
         require(1 <= self.grid <= 1001, f"{where}.grid", f"must be in [1, 1001], got {self.grid}")
-        for key in ("attack_after", "random_samples", "pgd_starts", "pgd_steps", "max_replays", "box_candidates", "pgd_restarts",
+        require(1.0 <= self.tune_max_cost <= 1000, f"{where}.tune_max_cost",
+                f"must be in [1, 1000], got {self.tune_max_cost}")
+        require(0 <= self.alpha_trial_max_s <= 3600, f"{where}.alpha_trial_max_s",
+                f"must be in [0, 3600], got {self.alpha_trial_max_s}")
+        require(0 < self.alpha_lr <= 10, f"{where}.alpha_lr", f"must be in (0, 10], got {self.alpha_lr}")
+        for key in ("refine", "alpha"):
+            require(getattr(self, key) in MODES, f"{where}.{key}",
+                    f"must be one of {', '.join(MODES)}, got {getattr(self, key)!r}")
+        require(1 <= self.refine_neurons <= 1 << 16, f"{where}.refine_neurons",
+                f"must be in [1, 65536], got {self.refine_neurons}")
+        for key in ("alpha_iterations", "alpha_child_iterations", "alpha_store_kb", "attack_after", "random_samples", "pgd_starts", "pgd_steps", "max_replays", "box_candidates", "pgd_restarts",
                     "pgd_restart_steps", "calibration_points"):
             v = getattr(self, key)
             require(0 <= v <= 100000, f"{where}.{key}", f"must be in [0, 100000], got {v}")

@@ -45,15 +45,25 @@ class Queue:
         self.nv = np.zeros(0, dtype=np.int64) if n == 2 else None
         self.A = np.zeros((0, MMAX, n)) if n != 2 else None
         self.c = np.zeros((0, MMAX)) if n != 2 else None
+        self.alpha = None  # [Q, R, A] float32 alpha-CROWN slopes (nan: none), once any exist
 
     def __len__(self) -> int:
         return len(self.prio)
 
     def _fields(self):
-        return [f for f in ("lo", "hi", "open", "prio", "poly", "nv", "A", "c") if getattr(self, f) is not None]
+        return [f for f in ("lo", "hi", "open", "prio", "poly", "nv", "A", "c", "alpha") if getattr(self, f) is not None]
 
     def push(self, batch: dict) -> None:
+        if "alpha" in batch and self.alpha is None:
+            if len(self):  # domains queued before slopes existed start from CROWN's choice
+                self.alpha = np.full((len(self),) + batch["alpha"].shape[1:], np.nan, dtype=np.float32)
+            else:
+                self.alpha = np.zeros((0,) + batch["alpha"].shape[1:], dtype=np.float32)
         for f in self._fields():
+            if f == "alpha" and "alpha" not in batch:
+                setattr(self, f, np.concatenate([self.alpha, np.full((len(batch["lo"]),) + self.alpha.shape[1:],
+                                                                    np.nan, dtype=np.float32)]))
+                continue
             setattr(self, f, np.concatenate([getattr(self, f), batch[f]]))
 
     def pop(self, k: int) -> dict:
@@ -168,6 +178,8 @@ def split(batch: dict, rows: np.ndarray, kind: np.ndarray, dims: np.ndarray, w: 
     a[inp, dims[inp]] = 1.0
     off[inp] = -mids[inp]
     out = {"open": np.concatenate([batch["open"][rows]] * 2), "prio": np.concatenate([batch["prio"][rows]] * 2)}
+    if "alpha" in batch:  # both halves start from the parent's alpha-CROWN slopes
+        out["alpha"] = np.concatenate([batch["alpha"][rows]] * 2)
     if n == 2:
         P, nv = batch["poly"][rows], batch["nv"][rows]
         halves = [clip(P, nv, a, off), clip(P, nv, -a, -off)]

@@ -2,31 +2,78 @@
 
 Only the first operand may be bounded (it carries the batch dimension); a bounded weight
 would make the layer bilinear.
+
+A weight is held once. Up to ``BIG`` elements it is kept in float64 with its absolute
+value (speed); a larger one stays in the file's float32 -- exactly the same numbers -- and
+is widened to float64 a block of ``CHUNK`` columns at a time inside every product, so a
+250 MB model is not held four times over (float64 weight, its absolute value, a
+transposed copy).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from .base import AffineRule, NodeInfo, tensor
+from .base import DTYPE, AffineRule, NodeInfo, tensor
+
+BIG = 1 << 22  # elements (32 MB in float64)
+CHUNK = 1 << 20  # elements widened at a time
 
 
 class _ConstantMatrix(AffineRule):
     """``x @ W`` (plus the offset) for a constant ``W``; subclasses call ``_set_matrix``."""
 
     def _set_matrix(self, w: np.ndarray) -> None:
-        self.W = tensor(w)
-        self.W_abs = self.W.abs()
-        self.WT = self.W.T.contiguous()
+        if w.size > BIG and w.dtype == np.float32:
+            self.W = torch.from_numpy(np.ascontiguousarray(w))  # float32, widened per block
+            self.W_abs = None
+            self.cols = max(1, CHUNK // max(1, w.shape[0]))
+        else:
+            self.W = tensor(w)
+            self.W_abs = self.W.abs()
+
+    def _blocks(self):
+        for j in range(0, self.W.shape[1], self.cols):
+            yield j, self.W[:, j:j + self.cols].to(DTYPE)
 
     def apply(self, i, x):
-        return x @ self.W
+        if self.W.dtype == DTYPE:
+            return x @ self.W
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Widened.apply(x, self)  # autograd would keep every widened block
+        return self._widened(x)
+
+    def _widened(self, x):
+        return torch.cat([x @ w for _, w in self._blocks()], dim=-1)
 
     def apply_abs(self, i, x):
-        return x @ self.W_abs
+        if self.W_abs is not None:
+            return x @ self.W_abs
+        return torch.cat([x @ w.abs_() for _, w in self._blocks()], dim=-1)
 
     def apply_T(self, i, lam):
-        return lam @ self.WT
+        if self.W.dtype == DTYPE:
+            return lam @ self.W.T
+        out = None
+        for j, w in self._blocks():
+            part = lam[..., j:j + w.shape[1]] @ w.T
+            out = part if out is None else out + part
+        return out
+
+
+class _Widened(torch.autograd.Function):
+    """``x @ W`` for a float32-held ``W`` whose gradient widens ``W`` again instead of
+    saving the float64 blocks (PGD and alpha-CROWN differentiate through the graph)."""
+
+    @staticmethod
+    def forward(ctx, x, rule):
+        ctx.rule = rule
+        return rule._widened(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.rule.apply_T(0, grad), None
 
 
 class Gemm(_ConstantMatrix):
@@ -40,12 +87,14 @@ class Gemm(_ConstantMatrix):
             raise info.fail("transA=1 would transpose the batch dimension")
         if len(self.in_shapes[0]) != 1:
             raise info.fail(f"expects a [batch, k] input, got per-sample shape {self.in_shapes[0]}")
-        w = info.const(1, "weight (B)").astype(np.float64)
+        w = info.const(1, "weight (B)")
         if w.ndim != 2:
             raise info.fail("weight B must be a matrix")
         if info.attr("transB", 0):
             w = w.T
-        w = w * float(info.attr("alpha", 1.0))
+        alpha = float(info.attr("alpha", 1.0))
+        if alpha != 1.0 or w.dtype != np.float32:
+            w = w.astype(np.float64) * alpha
         k = self.in_shapes[0][0]
         if w.shape[0] != k:
             raise info.fail(f"input has {k} features but the weight has {w.shape[0]} rows")
@@ -69,7 +118,9 @@ class MatMul(_ConstantMatrix):
 
     def __init__(self, info: NodeInfo) -> None:
         super().__init__(info)
-        w = info.const(1, "weight").astype(np.float64)
+        w = info.const(1, "weight")
+        if w.dtype != np.float32:
+            w = w.astype(np.float64)
         if w.ndim != 2:
             raise info.fail("only a 2-D constant right operand is supported")
         if not self.in_shapes[0] or self.in_shapes[0][-1] != w.shape[0]:
