@@ -134,8 +134,8 @@ class Search(Falsifier, Branching):
         # bound over several cuts is loose and cost more sub-domains than it saved)
         self.first = self.graph.first_layer() if opts.relu_split and self.graph.n_inputs == 2 else {}
         self.relus = {n.output for n in self.graph.nodes if n.op_type == "Relu"}
-        self.use_refine = opts.refine == "on"
-        self.use_alpha = opts.alpha == "on"
+        self.use_refine = opts.refine == "always"
+        self.use_alpha = opts.alpha == "always"
         self.batch = opts.batch or auto_batch(self.graph, opts, self.use_refine)
 
     # ---- entry point ----------------------------------------------------------------
@@ -359,7 +359,7 @@ class Search(Falsifier, Branching):
         bounds and with alpha-CROWN, and keep each where ``(gap ratio)^n`` -- roughly how
         much fewer sub-domains a gap that much smaller needs in ``n`` dimensions -- beats
         twice its extra cost per domain, and that cost is at most ``tune_max_cost`` times
-        the plain bound's (``auto``; ``on``/``off`` skip the test)."""
+        the plain bound's (``auto``; ``always``/``never`` skip the test)."""
         opts = self.opts
         open_ = torch.ones((1, grp.D), dtype=torch.bool)
 

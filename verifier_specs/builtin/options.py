@@ -12,7 +12,7 @@ from usnprune.config import require
 
 BRANCHING = ("widest", "gradient", "unstable")
 RELU_LOWER = ("adaptive", "parallel", "zero")
-MODES = ("auto", "on", "off")
+MODES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 
 
 @dataclasses.dataclass
