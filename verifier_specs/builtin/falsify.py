@@ -2,8 +2,9 @@
 
 Candidates are screened on onnxruntime itself (float32, the judge's own arithmetic: a
 point whose onnxruntime output lies in a disjunct's region is a counterexample) and every
-one that passes goes through :func:`~usnprune.verifier_specs.replay.replay` before it is
-reported. Gradients come from the float64 graph (:meth:`Graph.evaluate`). Sources, all
+one that passes goes through :func:`~usnprune.verifier_specs.replay.replay` on a default
+session of the file (the judge's; the screening session differs in the last bit) before
+it is reported. Gradients come from the float64 graph (:meth:`Graph.evaluate`). Sources, all
 inside the instance's time budget:
 
 * the calibration points (a grid for ``n <= 4`` inputs, the box centre, random points);
@@ -57,7 +58,10 @@ class Falsifier:
             if v[i] > 0:
                 break
             self.replays += 1
-            res = replay(self.model.session, self.prop, x[i], tol=0.0)
+            # the judge's session (default options, as the driver's replay and VNN-COMP's):
+            # the screening session skips weight pre-packing, whose kernels round a single
+            # point differently (seen: one float32 ulp, a boundary point judged outside)
+            res = replay(self.model.source or self.model.session, self.prop, x[i], tol=0.0)
             if res.ok:
                 raise Found(res.x, f"counterexample replayed on onnxruntime after {self.boxes} sub-boxes")
         return v
