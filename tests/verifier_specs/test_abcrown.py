@@ -332,6 +332,8 @@ def test_torchvision_operator_trap_is_reported_as_an_environment_problem(tmp_pat
     msg = str(e.value)
     assert "cannot import torchvision" in msg and "torchvision::nms" in msg
     assert "environment problem of the alpha-beta-CROWN installation" in msg
+    assert "CUDA-linked torchvision next to a CPU torch" in msg  # the real cause, not "another torch"
+    assert "\n" not in msg
 
 
 # ---- process management: crash, hang, hard limit --------------------------------------

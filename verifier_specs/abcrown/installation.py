@@ -15,6 +15,45 @@ from usnprune.process import run_limited
 from .settings import ENTRY, ENV_HOME, ENV_PYTHON, PROBE_MODULES, SETTINGS_HINT, AbcrownError, AbcrownSettings
 
 
+# Run inside the verifier's Python when torchvision fails: which torch, and whether
+# torchvision's compiled extension links CUDA libraries that torch does not have.
+_TORCH_BUILD = (
+    "def _torch_build():\n"
+    "    out = {}\n"
+    "    try:\n"
+    "        import torch\n"
+    "        out['torch'] = torch.__version__\n"
+    "        out['torch_cuda'] = torch.version.cuda\n"
+    "    except BaseException:\n"
+    "        pass\n"
+    "    try:\n"
+    "        import glob, importlib.metadata, importlib.util, os\n"
+    "        out['torchvision'] = importlib.metadata.version('torchvision')\n"
+    "        spec = importlib.util.find_spec('torchvision')\n"
+    "        libs = glob.glob(os.path.join(os.path.dirname(spec.origin), '_C*.so'))\n"
+    "        out['tv_links_cuda'] = bool(libs) and any(b'libtorch_cuda' in open(p, 'rb').read() for p in libs)\n"
+    "    except BaseException:\n"
+    "        pass\n"
+    "    return out\n"
+)
+
+
+def _torchvision_cause(build: dict) -> str:
+    """The known cause of ``operator torchvision::nms does not exist``, in the user's terms."""
+    torch_v, tv = build.get("torch", "?"), build.get("torchvision", "?")
+    if build.get("tv_links_cuda") and build.get("torch_cuda") is None and "torch" in build:
+        what = (f"a CUDA-linked torchvision {tv} next to the CPU torch {torch_v}: torchvision's compiled "
+                "extension needs libtorch_cuda, which a CPU torch does not ship, so its operators are never "
+                "defined")
+    else:
+        what = (f"torchvision {tv}'s compiled extension did not load into torch {torch_v} -- typically a "
+                "CUDA-linked torchvision next to a CPU torch, or a torchvision built for another torch")
+    return (f"{what}; an environment problem of the alpha-beta-CROWN installation: it needs a torchvision "
+            "built for exactly its torch (every torchvision wheel on PyPI for Linux x86_64 is CUDA-linked, so "
+            "next to a CPU torch use a matching CUDA torch/torchvision pair or a CPU torchvision build; "
+            "docs/abcrown.md)")
+
+
 class Installation:
     """Mixed into the backend: everything about the user's installation (``self.settings``)."""
 
@@ -55,11 +94,12 @@ class Installation:
         code = (
             "import importlib, json, sys\n"
             "sys.path.insert(0, '.')\n"
+            + _TORCH_BUILD +
             f"for name in {PROBE_MODULES!r}:\n"
             "    try:\n"
             "        importlib.import_module(name)\n"
             "    except BaseException as e:\n"
-            "        print('USNPRUNE-PROBE ' + json.dumps([name, type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else type(e).__name__]))\n"
+            "        print('USNPRUNE-PROBE ' + json.dumps([name, type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else type(e).__name__, _torch_build() if name == 'torchvision' else None]))\n"
             "        sys.exit(0)\n"
             "print('USNPRUNE-PROBE ' + json.dumps(None))\n"
         )
@@ -78,12 +118,12 @@ class Installation:
         failure = json.loads(found[-1][len("USNPRUNE-PROBE "):])
         if failure is None:
             return None
-        module, error = failure
+        module, error = failure[:2]
+        build = failure[2] if len(failure) > 2 else None
         what = module if module in PROBE_MODULES[:7] else f"alpha-beta-CROWN's module {module}"
         hint = ""
-        if "torchvision::nms" in error:
-            hint = (" (its torchvision was built for another torch: an environment problem of the alpha-beta-CROWN "
-                    "installation; install a torchvision that matches its torch)")
+        if "torchvision::" in error:
+            hint = " (" + _torchvision_cause(build or {}) + ")"
         return (f"alpha-beta-CROWN python {python} cannot import {what}: {error}{hint} -- an environment problem of "
                 f"the verifier installation at home={home}; {SETTINGS_HINT}")
 
