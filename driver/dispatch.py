@@ -29,6 +29,9 @@ def preflight(kind: str, run_dir: Path, options: dict | None, log: Callable[[str
 def execute(kind: str, spec, run_dir: Path, instances: list[Instance], workers: int = 1,
             chunk_size: int | None = None, options: dict | None = None, log: Callable[[str], None] = print) -> None:
     if kind == "serial" or (kind == "local" and workers == 1 and not options):
+        if kind == "local":  # docs/cli.md: one worker runs in this process, as --executor serial
+            log("verify: --workers 1 runs the instances in this process (the serial executor: "
+                "no worker process, no chunks, no silent-worker kill); --workers 2 or more for those")
         return local.run_serial(spec, run_dir, instances, log)
     if kind == "local":
         return local.run_local(spec, run_dir, instances, workers, chunk_size, log)
