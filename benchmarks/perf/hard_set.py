@@ -128,6 +128,56 @@ def run_builtin(insts: list[dict], options: dict) -> list[dict]:
     return out
 
 
+_BEFORE_WORKER = r"""
+import json, re, sys
+tree, opts, insts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+for mod in list(sys.modules.values()):  # an editable install: point its finder at the old tree
+    mapping = getattr(mod, "MAPPING", None)
+    if isinstance(mapping, dict) and "usnprune" in mapping:
+        for k in mapping:
+            mapping[k] = tree + ("/usnprune" if k == "usnprune" else "/" + k.split(".", 1)[1])
+from pathlib import Path
+from usnprune.verifier_specs.base import Instance, load_backend
+import usnprune
+assert usnprune.__file__.startswith(tree), usnprune.__file__
+b = load_backend("builtin", **opts)
+for inst in insts:
+    v = b.verify(Instance(Path(inst["root"]), inst["onnx"], inst["vnnlib"], inst["timeout"]))
+    m = re.search(r"(\d+) sub-boxes", v.message or "")
+    x = None if v.counterexample is None else [float(t) for t in v.counterexample]
+    print("ROW " + json.dumps({"status": v.status, "time": v.time, "boxes": int(m[1]) if m else None, "x": x,
+                               "message": v.message}), flush=True)
+"""
+
+
+def run_before(insts: list[dict], rev: str, options: dict) -> list[dict]:
+    """The builtin of an older commit (``git archive`` of ``rev`` into a temporary folder),
+    in a subprocess whose editable usnprune is pointed at it."""
+    import subprocess
+
+    tree = Path(tempfile.mkdtemp(prefix="usnprune-before-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    slim = [{k: inst[k] for k in ("root", "onnx", "vnnlib", "timeout")} for inst in insts]
+    proc = subprocess.Popen([sys.executable, "-c", _BEFORE_WORKER, str(tree), json.dumps({"threads": 1, **options}),
+                             json.dumps(slim)], stdout=subprocess.PIPE, text=True, cwd=str(tree))
+    out = []
+    for line in proc.stdout:
+        if line.startswith("ROW "):
+            r = json.loads(line[4:])
+            out.append(r)
+            inst = insts[len(out) - 1]
+            print(f"  before  {inst['vnnlib']:<60} {r['status']:<9} {r['time']:7.3f} s  {r['message'][:70]}",
+                  flush=True)
+    proc.wait()
+    import shutil
+
+    shutil.rmtree(tree, ignore_errors=True)  # the temporary folder made above
+    out += [{"status": "error", "time": inst["timeout"], "boxes": None, "x": None, "message": "worker died"}
+            for inst in insts[len(out):]]
+    return out
+
+
 def run_abcrown(insts: list[dict]) -> list[dict] | None:
     backend = load_backend("abcrown")
     try:
@@ -240,6 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[], help="builtin option KEY=VALUE (YAML value)")
     ap.add_argument("--baseline", action="append", default=[],
                     help="also run builtin with these options (KEY=VALUE), e.g. the settings before a change")
+    ap.add_argument("--before", metavar="REV", help="also run the builtin of this git revision (one thread)")
     ap.add_argument("--under-load", type=int, default=0, help="also a builtin pass with N busy processes")
     ap.add_argument("--no-sampling", action="store_true")
     ap.add_argument("--json", type=Path)
@@ -274,6 +325,11 @@ def main(argv=None) -> int:
             print(f"\n[{rep}] {name} {o}", flush=True)
             record[name] = run_builtin(insts, o)
             record[f"{name}_load"] = (load0, os.getloadavg())
+        if args.before:
+            load0 = os.getloadavg()
+            print(f"\n[{rep}] builtin of {args.before}", flush=True)
+            record["before"] = run_before(insts, args.before, {})
+            record["before_load"] = (load0, os.getloadavg())
         if not args.no_abcrown:
             load0 = os.getloadavg()
             print(f"\n[{rep}] alpha-beta-CROWN", flush=True)
@@ -298,8 +354,8 @@ def main(argv=None) -> int:
     problems = []
     for rec in passes:
         for i, inst in enumerate(insts):
-            answers = {name: decided(rec[name][i], inst) for name in ("builtin", "baseline", "abcrown", "builtin_loaded")
-                       if rec.get(name)}
+            answers = {name: decided(rec[name][i], inst) for name in ("builtin", "baseline", "before", "abcrown",
+                                                                      "builtin_loaded") if rec.get(name)}
             known = {a for a in answers.values() if a}
             if len(known) > 1:
                 problems.append(f"{inst['vnnlib']}: disagreement {answers}")
@@ -311,7 +367,7 @@ def main(argv=None) -> int:
     for rec in passes:
         theirs = rec.get("abcrown")
         sets = list(dict.fromkeys(inst["set"] for inst in insts))
-        for name in ("builtin", "baseline", "builtin_loaded"):
+        for name in ("builtin", "baseline", "before", "builtin_loaded"):
             if not rec.get(name):
                 continue
             rows = []
