@@ -302,7 +302,12 @@ def count_flops(arch: ArchConfig) -> int:
 
 
 def save_checkpoint(path: str | Path, model: KeypointNet, meta: dict | None = None) -> Path:
-    """Write (architecture config, state_dict, meta) atomically."""
+    """Write (architecture config, state_dict, meta) atomically; a graph network
+    (:class:`~.graphnet.GraphNet`) is written as a graph checkpoint."""
+    if not isinstance(model, KeypointNet):
+        from .graphnet import save_graph
+
+        return save_graph(path, model, meta)
     if model.has_gates():
         raise ValueError("fold the gates before saving a checkpoint")
     p = Path(path)
@@ -320,7 +325,12 @@ def save_checkpoint(path: str | Path, model: KeypointNet, meta: dict | None = No
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[KeypointNet, dict]:
-    """Rebuild a network from a checkpoint; every way it can fail is a CheckpointError."""
+    """Rebuild a network from a checkpoint (ours, a graph checkpoint, or a user's
+    ``module.path:factory[@state_dict.pt]``); every way it can fail is a CheckpointError."""
+    from . import graphnet
+
+    if graphnet.is_factory(str(path)):
+        return graphnet.load_factory(str(path))
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint")
@@ -329,6 +339,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Keypoi
     except Exception as e:  # torch raises many types for a corrupt file (an empty one: an empty message)
         first = (str(e).strip().splitlines() or ["empty or truncated file"])[0][:120]
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    if isinstance(blob, dict) and blob.get("format") == graphnet.GRAPH_FORMAT:
+        return graphnet.graph_from_blob(blob, str(p))
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not a usnprune checkpoint (no 'format: {CHECKPOINT_FORMAT}')")
     if blob.get("version") != CHECKPOINT_VERSION:
@@ -364,8 +376,17 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[Keypoi
 
 
 def file_hash(path: str | Path, n: int = 12) -> str:
-    """Short SHA-256 of a file (checkpoint identity in manifests)."""
+    """Short SHA-256 of a file (checkpoint identity in manifests); of a user factory spec,
+    the spec text and its state_dict file."""
     h = hashlib.sha256()
+    from .graphnet import FACTORY, is_factory
+
+    if is_factory(str(path)):
+        h.update(str(path).encode())
+        weights = FACTORY.match(str(path)).group(3)
+        path = weights if weights and Path(weights).is_file() else None
+        if path is None:
+            return h.hexdigest()[:n]
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -58,19 +58,13 @@ def front_initializers(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) ->
     return [initializer("front_W", D), initializer("front_b0", base), initializer("front_b1", base - 1.0)]
 
 
-def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "",
-                fam: str | Family = DEFAULT_FAMILY) -> onnx.ModelProto:
-    """The ONNX graph of ``plain(x'(theta))`` with input X = theta, the ``fam`` family's
-    k parameters (default: (c, b), ``x' = clip(c * image + b, 0, 1)``).
-
-    ``image``: ``[C, H, W]`` (or ``[H, W]``) in [0, 1]; ``plain``: the output of
-    ``KeypointNet.to_plain()`` (Conv2d, ReLU, AvgPool2d, Flatten, Linear only).
-    """
+def front_graph(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) -> tuple[list, list]:
+    """(initializers, nodes) of the lighting front: input X (theta) -> tensor ``t0``, the
+    perturbed image ``[batch, C, H, W]``."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:
         img = img[None]
     c, h, w = img.shape
-    n_params = family(fam).k
     front = "contrast_brightness" if family(fam).name == DEFAULT_FAMILY else "lighting"  # k = 2 files stay as they were
     inits = front_initializers(img, fam) + [
         numpy_helper.from_array(np.array([-1, c, h, w], dtype=np.int64), "image_shape"),
@@ -83,6 +77,23 @@ def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "",
         helper.make_node("Sub", ["relu_z", "relu_z_minus_1"], ["pixels"], name="clip"),
         helper.make_node("Reshape", ["pixels", "image_shape"], ["t0"], name="to_image"),
     ]
+    return inits, nodes
+
+
+def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "",
+                fam: str | Family = DEFAULT_FAMILY) -> onnx.ModelProto:
+    """The ONNX graph of ``plain(x'(theta))`` with input X = theta, the ``fam`` family's
+    k parameters (default: (c, b), ``x' = clip(c * image + b, 0, 1)``).
+
+    ``image``: ``[C, H, W]`` (or ``[H, W]``) in [0, 1]; ``plain``: the output of
+    ``KeypointNet.to_plain()`` (Conv2d, ReLU, AvgPool2d, Flatten, Linear only).
+    """
+    if not isinstance(plain, nn.Sequential):  # any other graph: exported by torch (onnx_torch)
+        from .onnx_torch import build_graph_model
+
+        return build_graph_model(image, plain, doc, fam)
+    inits, nodes = front_graph(image, fam)
+    n_params = family(fam).k
     cur, k = "t0", 0
     layers = list(plain)
     for i, layer in enumerate(layers):

@@ -18,6 +18,7 @@ same epochs without removing anything.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -207,8 +208,14 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
     removed_total = {n: 0 for n in widths0}
     model = model.to(device)
     history = []
-    importance = get_importance("usn", bound_weight=cfg.bound_weight) if cfg.method in GATED else (
-        get_importance(cfg.method) if cfg.method != "none" else None)
+    graph = not isinstance(model, KeypointNet)  # any other graph: through Torch-Pruning (tp_prune)
+    if graph:
+        from .tp_prune import GraphImportance, prune_groups
+
+        importance = GraphImportance("usn" if cfg.method in GATED else cfg.method) if cfg.method != "none" else None
+    else:
+        importance = get_importance("usn", bound_weight=cfg.bound_weight) if cfg.method in GATED else (
+            get_importance(cfg.method) if cfg.method != "none" else None)
     for s, target in enumerate(targets, start=1):
         t0 = time.perf_counter()
         calib = make_calibration(train_images, box, cfg.calibration.images, cfg.calibration.perturbations, cfg.seed * 1000 + s)
@@ -256,7 +263,11 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
                 comparable = importance.comparable
             remove = select_removal(scores, per_layer if per_layer is not None else n_now, cfg.ranking,
                                     keep_min, comparable)
-            model = prune_units(model, keep_from_remove(widths, remove)).to(device)
+            if graph:
+                remove = prune_groups(model, remove)
+                model = model.to(device)
+            else:
+                model = prune_units(model, keep_from_remove(widths, remove)).to(device)
             for n, r in remove.items():
                 removed_total[n] += len(r)
         elif model.has_gates():
@@ -272,6 +283,14 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
     model.cpu().eval()
     assert sum(model.widths().values()) == n0 - (0 if cfg.method == "none" else sum(removed_total.values()))
     return model, history
+
+
+def _flops(model) -> int:
+    if isinstance(model, KeypointNet):
+        return count_flops(model.arch)
+    from .graphnet import count_macs
+
+    return count_macs(model, model.arch)
 
 
 def _epochs(optim: OptimConfig, epochs: int) -> OptimConfig:
@@ -309,6 +328,8 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
     dense, meta = load_checkpoint(cfg.checkpoint)
     if not dense.widths():
         raise ConfigError(f"{cfg.checkpoint}: the network has no prunable layer")
+    if cfg.bound_weight > 0 and not isinstance(dense, KeypointNet):
+        raise ConfigError(f"{cfg.checkpoint}: bound_weight > 0 is implemented for chain networks only; set it to 0")
     size, channels = dense.arch.input_size, dense.arch.in_channels
     cfg.perturbation.fam.check_channels(channels, "prune.perturbation.family")
     cfg.augment.perturbation.fam.check_channels(channels, "prune.augment.perturbation.family")
@@ -319,12 +340,13 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
     test_ds, eval_split = load_eval(cfg.data, size, channels, log)
     log(f"pruning {cfg.checkpoint} with {cfg.method} to sparsity {cfg.sparsity:g} ({cfg.ranking} ranking)")
     t0 = time.perf_counter()
+    original = copy.deepcopy(dense)  # progressive_prune trains the object in place
     pruned, history = progressive_prune(
         dense, torch.as_tensor(train_ds.images), torch.as_tensor(train_ds.keypoints),
         torch.as_tensor(label_mask(train_ds)), cfg, log)
     seconds = time.perf_counter() - t0
     check_finite(pruned, f"prune {cfg.out}", f"Lower optim.lr (it is {cfg.optim.lr:g}) or schedule.gate_lr.")
-    dense, _ = load_checkpoint(cfg.checkpoint)  # progressive_prune trained the object in place
+    dense = original
     box = cfg.perturbation
     res = evaluate(pruned, test_ds, deltas=cfg.eval_deltas, box=box, grid=cfg.eval_grid)
     fidelity = float(np.linalg.norm(predict(pruned, test_ds.images) - predict(dense, test_ds.images), axis=-1).mean())
@@ -341,8 +363,8 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
         "parameters_before": count_parameters(dense),
         "parameters": count_parameters(pruned),
         "parameter_sparsity": 1 - count_parameters(pruned) / count_parameters(dense),
-        "flops_before": count_flops(dense.arch),
-        "flops": count_flops(pruned.arch),
+        "flops_before": _flops(dense),
+        "flops": _flops(pruned),
         "fidelity_px": fidelity,
         "widths": pruned.widths(),
         "prune_seconds": round(seconds, 2),
@@ -352,6 +374,10 @@ def prune(cfg: PruneConfig, log: Callable[[str], None] = print, force: bool = Fa
         "family": box.family,
         "config": to_dict(cfg),
     }
+    if not isinstance(dense, KeypointNet):  # groups Torch-Pruning found but we may not prune, and why
+        from .tp_prune import dependency_groups
+
+        report["held_groups"] = {g.key: g.reason for g in dependency_groups(dense) if not g.prunable}
     new_meta = dict(meta, method=cfg.method, sparsity=cfg.sparsity, seed=cfg.seed, dense_hash=report["dense_hash"],
                     prune_config=to_dict(cfg))
     from .evaluate import metrics_table

@@ -26,6 +26,7 @@ from . import perturbation
 from .data.source import DataSource
 from .models import (
     CHECKPOINT_NAME,
+    REGISTRY,
     KeypointNet,
     arch_from,
     count_parameters,
@@ -217,6 +218,30 @@ def fit(
     return history
 
 
+def build_network(spec: Any, input_size: int, channels: int, keypoints: int, where: str = "train.arch") -> nn.Module:
+    """A fresh network: a chain registry name or mapping (KeypointNet), a residual registry
+    name (``res_*``), or a user's ``module.path:factory[@state_dict.pt]``."""
+    from .graphnet import RES_REGISTRY, is_factory, load_factory, res_net
+
+    if isinstance(spec, str) and spec in RES_REGISTRY:
+        return res_net(spec, input_size, channels, keypoints)
+    if isinstance(spec, str) and ":" in spec:
+        if not is_factory(spec):
+            raise ConfigError(f"{where}: {spec!r} is not module.path:factory[@state_dict.pt]")
+        net, _ = load_factory(spec, input_size)
+        got = (net.arch.input_size, net.arch.in_channels, net.arch.num_keypoints)
+        if got != (input_size, channels, keypoints):
+            raise ConfigError(f"{where}: {spec} takes {got[1]}x{got[0]}x{got[0]} images and predicts {got[2]} keypoints; "
+                              f"the data has {channels}x{input_size}x{input_size} and {keypoints}")
+        return net
+    if isinstance(spec, str) and spec not in REGISTRY:
+        raise ConfigError(f"{where}: unknown architecture {spec!r} (known: {', '.join([*REGISTRY, *RES_REGISTRY])}, "
+                          f"or module.path:factory)")
+    arch = arch_from(spec, input_size=input_size, num_keypoints=keypoints, where=where)
+    arch.in_channels = channels
+    return KeypointNet(arch)
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = False) -> dict:
     """Train a network as configured; writes ``out/model.pt``, ``out/train_metrics.json`` and
     ``out/history.csv`` together at the end (usnprune.files.OutputFolder: an existing file is
@@ -236,9 +261,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, force: bool = Fa
         train_ds = train_ds.subset(np.arange(cfg.max_train))
     cfg.augment.perturbation.fam.check_channels(train_ds.channels, "train.augment.perturbation.family")
     test_ds, eval_split = load_eval(cfg.data, cfg.input_size, train_ds.channels, log)
-    arch = arch_from(cfg.arch, input_size=cfg.input_size, num_keypoints=len(train_ds.keypoint_names), where="train.arch")
-    arch.in_channels = train_ds.channels
-    model = KeypointNet(arch)
+    model = build_network(cfg.arch, cfg.input_size, train_ds.channels, len(train_ds.keypoint_names))
+    arch = model.arch
     images = torch.as_tensor(train_ds.images)
     kps = torch.as_tensor(train_ds.keypoints)
     mask = torch.as_tensor(label_mask(train_ds))
