@@ -238,8 +238,8 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
             q = n_now / max(1, sum(widths.values()))
             lam_s, lam_w = sch.lambda_s, (sch.lambda_w if cfg.method == "usn_w" else 0.0)
 
-            def gate_loss(m, usn=usn, q=q, lam_s=lam_s, lam_w=lam_w):
-                g = dict(m.gate_params.items())
+            def gate_loss(m, gates=gates, usn=usn, q=q, lam_s=lam_s, lam_w=lam_w):
+                g = dict(gates)  # keyed like widths(): layer names, or a graph's group keys
                 loss = lam_s * usn_gate_penalty(g, usn)
                 if lam_w > 0:
                     loss = loss + lam_w * w1_to_target(pooled(g), q)
@@ -252,8 +252,8 @@ def progressive_prune(model: KeypointNet, train_images: torch.Tensor, train_kps:
         # 3: remove
         if n_now > 0:
             if cfg.method in GATED:
-                g_abs = {n: p.detach().abs().cpu().numpy() for n, p in model.gate_params.items()}
-                row["w1"] = float(w1_to_target(pooled({n: p.detach() for n, p in model.gate_params.items()}), q))
+                g_abs = {n: p.detach().abs().cpu().numpy() for n, p in gates.items()}
+                row["w1"] = float(w1_to_target(pooled({n: p.detach() for n, p in gates.items()}), q))
                 model.fold_gates()
                 usn_now = importance(model, calib)
                 scores = {n: usn_now[n] * g_abs[n] for n in usn_now}
