@@ -191,10 +191,13 @@ def load_factory(spec: str, input_size: int | None = None) -> tuple[GraphNet, di
     mod_name, fn_name, weights = FACTORY.match(spec).groups()
     if os.getcwd() not in sys.path:  # the user's module next to where they run usnprune
         sys.path.insert(0, os.getcwd())
+    was, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ left in the user's folder
     try:
         mod = importlib.import_module(mod_name)
     except Exception as e:
         raise CheckpointError(f"{spec}: cannot import {mod_name} ({_first(e)})") from None
+    finally:
+        sys.dont_write_bytecode = was
     factory = getattr(mod, fn_name, None)
     if not callable(factory):
         raise CheckpointError(f"{spec}: {mod_name} has no callable {fn_name}")

@@ -24,7 +24,7 @@ EXPERIMENT = {
               "calibration": {"images": 8, "perturbations": 6}, "eval_grid": 3,
               "schedule": {"steps": 1, "reg_epochs": 1, "finetune_epochs": 0, "final_epochs": 1}},
     # a tolerance the clean predictions break under the box, and one they keep
-    "export": {"perturbation": {"eps_c": 0.004, "eps_b": 0.004}, "deltas": [0.02, 2.0], "reference": "prediction",
+    "export": {"perturbation": {"eps_c": 0.004, "eps_b": 0.004}, "deltas": [0.001, 2.0], "reference": "prediction",
                "images": 1, "pool": 1, "timeout": 5},
     "verify": {"backends": ["builtin"], "workers": 2},
     "report": {"sheets": False},

@@ -117,6 +117,7 @@ def test_residual_registry_pruned_equals_zeroed(seed):
 def test_user_module_groups_and_pruned_equals_zeroed(user_module):
     net, meta = load_checkpoint("usernet:make")
     assert meta["source"] == "usernet:make" and net.arch.num_keypoints == 10 and net.arch.in_channels == 3
+    assert sorted(p.name for p in user_module.iterdir()) == ["usernet.py"]  # no __pycache__ written there
     groups = {g.key: g for g in tp_prune.dependency_groups(net)}
     # the concat branches and the depthwise conv after them share one channel space
     assert {n for n, _, _ in groups["a"].members} >= {"body.a", "body.b.0", "body.b.1", "body.dw", "body.dwbn"}
@@ -154,25 +155,25 @@ def rgb_data(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["usn", "usn_w", "random", "magnitude", "activation"])
-def test_prune_user_factory_every_method_rebuilds_without_source(method, user_module, rgb_data, tmp_path):
-    cfg = _prune_yaml(tmp_path, rgb_data, "usernet:make")
-    out = tmp_path / f"pruned-{method}"
-    assert main(["prune", "--config", str(cfg), "--out", str(out), "--method", method]) == 0
+def test_prune_user_factory_every_method_rebuilds_without_source(user_module, rgb_data, tmp_path):
     import json
 
-    report = json.loads((out / "report.json").read_text())
-    assert report["units_after"] < report["units_before"]
-    assert report["parameters"] < report["parameters_before"]
-    assert set(report["held_groups"]) == {"pw", "g"}  # the grouped conv's input and output groups
-    pruned, meta = load_checkpoint(out / "model.pt")
-    assert pruned.body.pw.out_channels == 16 and pruned.body.g.out_channels == 16
-    assert meta["method"] == method
+    cfg = _prune_yaml(tmp_path, rgb_data, "usernet:make")
     x = torch.rand(3, 3, 32, 32)
-    with torch.no_grad():
-        want = pruned(x).numpy()
     np.save(tmp_path / "x.npy", x.numpy())
-    np.save(tmp_path / "want.npy", want)
+    methods = ["usn", "usn_w", "random", "magnitude", "activation"]
+    for method in methods:
+        out = tmp_path / f"pruned-{method}"
+        assert main(["prune", "--config", str(cfg), "--out", str(out), "--method", method]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["units_after"] < report["units_before"]
+        assert report["parameters"] < report["parameters_before"]
+        assert set(report["held_groups"]) == {"pw", "g"}  # the grouped conv's input and output groups
+        pruned, meta = load_checkpoint(out / "model.pt")
+        assert meta["method"] == method
+        assert pruned.body.pw.out_channels == 16 and pruned.body.g.out_channels == 16
+        with torch.no_grad():
+            np.save(tmp_path / f"want-{method}.npy", pruned(x).numpy())
     # a fresh interpreter, in a folder without usernet.py, with no path to it
     code = textwrap.dedent(f"""
         import sys, numpy as np, torch
@@ -182,16 +183,17 @@ def test_prune_user_factory_every_method_rebuilds_without_source(method, user_mo
         except ModuleNotFoundError:
             pass
         from usnprune.pruner.models import load_checkpoint
-        net, _ = load_checkpoint({str(out / 'model.pt')!r})
-        with torch.no_grad():
-            got = net(torch.as_tensor(np.load({str(tmp_path / 'x.npy')!r}))).numpy()
-        assert np.abs(got - np.load({str(tmp_path / 'want.npy')!r})).max() <= 1e-6
-        print("rebuilt", sum(p.numel() for p in net.parameters()))
+        x = torch.as_tensor(np.load("x.npy"))
+        for method in {methods!r}:
+            net, _ = load_checkpoint(f"pruned-{{method}}/model.pt")
+            with torch.no_grad():
+                assert np.abs(net(x).numpy() - np.load(f"want-{{method}}.npy")).max() <= 1e-6, method
+            print("rebuilt", method)
     """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={"PATH": "/usr/bin:/bin", "USNPRUNE_NO_PROGRESS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "rebuilt" in run.stdout
+    assert run.stdout.count("rebuilt") == len(methods)
 
 
 def test_factory_state_dict_is_loaded_and_checked(user_module, tmp_path, capsys):
@@ -219,3 +221,26 @@ def test_factory_state_dict_is_loaded_and_checked(user_module, tmp_path, capsys)
         assert main(["eval", "--checkpoint", spec, "--data", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("usnprune: error: ") and want in err, (spec, err)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium"])
+def test_torch_pruning_reproduces_the_chain_surgery(name):
+    """On our chain registry models Torch-Pruning's groups are the chain's layers and its
+    pruning gives the same parameter count and the same function as pruner/surgery.py."""
+    from usnprune.pruner.models import KeypointNet, arch_from
+    from usnprune.pruner.surgery import keep_from_remove, prune_units
+
+    torch.manual_seed(0)
+    m = _randomize_bn(KeypointNet(arch_from(name)))
+    widths = m.widths()
+    key = {f"conv{i}": f"convs/{i}" for i in range(len(m.convs))} | {f"fc{i}": f"fcs/{i}" for i in range(len(m.fcs))}
+    assert {g.key: g.width for g in tp_prune.dependency_groups(m)} == {key[n]: w for n, w in widths.items()}
+    rng = np.random.default_rng(1)
+    remove = {n: np.sort(rng.choice(w, size=w // 2, replace=False)) for n, w in widths.items()}
+    ours = prune_units(m, keep_from_remove(widths, remove))
+    theirs = copy.deepcopy(m)
+    tp_prune.prune_groups(theirs, {key[n]: r for n, r in remove.items()})
+    assert count_parameters(theirs) == count_parameters(ours)
+    x = torch.rand(8, 1, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - theirs(x)).abs().max() <= 1e-6
