@@ -202,9 +202,14 @@ def cmd_prune(args) -> int:
 def cmd_export(args) -> int:
     from usnprune.export.benchmark import export_benchmark
 
+    if not args.checkpoint and not args.onnx:
+        raise ConfigError("give the networks: --checkpoint MODEL.pt ... and/or --onnx MODEL.onnx ...")
+    if args.onnx_normalized and not args.onnx:
+        raise ConfigError("--onnx-normalized describes --onnx models; give --onnx MODEL.onnx")
     data, split = _split(args)
     cfg = ExportConfig(
-        checkpoints=args.checkpoint, categories=args.category, data=data, out=args.out,
+        checkpoints=args.checkpoint or [], onnx=args.onnx or [], onnx_normalized=args.onnx_normalized,
+        builtin_check=not args.no_builtin_check, categories=args.category, data=data, out=args.out,
         perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
         timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
         skip_violated=args.skip_violated, split=split, force=args.force)
@@ -336,8 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_prune)
 
     ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (ONNX + VNNLIB) for checkpoints")
-    ex.add_argument("--checkpoint", required=True, nargs="+", help="one or more checkpoints (one category each)")
-    ex.add_argument("--category", nargs="+", help="category names, one per checkpoint")
+    ex.add_argument("--checkpoint", nargs="+", help="one or more usnprune checkpoints (one category each)")
+    ex.add_argument("--onnx", nargs="+", metavar="MODEL.onnx",
+                    help="one or more ONNX keypoint regressors: image [1, C, H, W] -> [1, 2K] or [1, K, 2] "
+                         "pixel coordinates (docs/formats.md); one category each, after the checkpoints")
+    ex.add_argument("--onnx-normalized", action="store_true",
+                    help="the --onnx outputs are in [0, 1] of the image's width and height (mapped to u*W, v*H pixels)")
+    ex.add_argument("--no-builtin-check", action="store_true",
+                    help="export --onnx models the builtin verifier cannot read (for other verifiers)")
+    ex.add_argument("--category", nargs="+", help="category names, one per checkpoint then per --onnx model")
     ex.add_argument("--data", help="dataset folder")
     _add_coco_args(ex, category="--coco-category")
     ex.add_argument("--split", help=f"split of the --data folder (default {default_of(ExportConfig, 'split')})")

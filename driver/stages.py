@@ -289,7 +289,8 @@ PIPELINE = [
     Stage("prune", stage_prune, PruneSection, PruneConfig,
           {"checkpoint": "-", "data": "-", "out": "-", "method": "none", "sparsity": 0.0, "seed": 0}),
     Stage("export", stage_export, ExportSection, ExportConfig,
-          {"checkpoints": ["-"], "categories": None, "data": "-", "out": "-", "seed": 0, "force": True}),
+          {"checkpoints": ["-"], "categories": None, "data": "-", "out": "-", "seed": 0, "force": True,
+           "onnx": [], "onnx_normalized": False, "builtin_check": True}),  # the experiment's own networks only
     Stage("verify", stage_verify, VerifySection, VerifyConfig, {"backend": "builtin"}),
     Stage("report", stage_report, ReportSection),
 ]

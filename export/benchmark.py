@@ -57,10 +57,10 @@ class BenchmarkError(UsnpruneError):
 
 @dataclasses.dataclass
 class ExportConfig:
-    checkpoints: list[str]
+    checkpoints: list[str]  # usnprune checkpoints (may be empty when onnx names models)
     data: str | DataSource  # dataset folder, or COCO files per split (the split below is read)
     out: str
-    categories: list[str] | None = None  # names, one per checkpoint (default: from the checkpoint)
+    categories: list[str] | None = None  # names, one per checkpoint then per onnx model (default: from the file)
     perturbation: perturbation.Box = dataclasses.field(default_factory=perturbation.Box)  # the box and its family
     deltas: list[float] = dataclasses.field(default_factory=lambda: [0.5])  # px; 0.5 separates networks at eps 0.1
     images: int = 20  # images verified (chosen from the pool by the seed)
@@ -72,6 +72,9 @@ class ExportConfig:
     skip_violated: bool = False  # leave out instances already violated at the identity
     split: str = "test"
     force: bool = False
+    onnx: list[str] = dataclasses.field(default_factory=list)  # users' ONNX keypoint regressors (export/onnx_in.py)
+    onnx_normalized: bool = False  # their outputs are in [0, 1] of width and height, not pixels
+    builtin_check: bool = True  # refuse an ONNX model the builtin verifier cannot read
 
     def check(self, where: str = "export") -> None:
         require(len(self.deltas) >= 1, f"{where}.deltas", "give at least one delta")
@@ -80,10 +83,11 @@ class ExportConfig:
         require(self.images >= 1, f"{where}.images", f"must be >= 1, got {self.images}")
         require(self.pool is None or self.pool >= self.images, f"{where}.pool", "must be >= images")
         require(self.timeout > 0, f"{where}.timeout", f"must be > 0, got {self.timeout}")
-        require(len(self.checkpoints) >= 1, f"{where}.checkpoints", "give at least one checkpoint")
+        require(len(self.checkpoints) + len(self.onnx) >= 1, f"{where}.checkpoints",
+                "give at least one checkpoint or ONNX model")
         if self.categories is not None:
-            require(len(self.categories) == len(self.checkpoints), f"{where}.categories",
-                    "give one category name per checkpoint")
+            require(len(self.categories) == len(self.checkpoints) + len(self.onnx), f"{where}.categories",
+                    "give one category name per checkpoint and ONNX model")
             require(len(set(self.categories)) == len(self.categories), f"{where}.categories", "names repeat")
             for name in self.categories:
                 check_category(name, f"{where}.categories")
@@ -112,6 +116,51 @@ def category_name(meta: dict, fallback: str) -> str:
     if method in (None, "dense") and "seed" not in meta:
         return fallback
     return network_name(method, meta.get("sparsity", 0.0), meta.get("seed", 0))
+
+
+class _Checkpoint:
+    """A usnprune checkpoint as a benchmark network (the same interface as
+    :class:`.onnx_in.OnnxNetwork`)."""
+
+    def __init__(self, path: str, name: str | None, fallback: str) -> None:
+        from usnprune.pruner.models import load_checkpoint
+
+        self.path = str(path)
+        self.model, self.meta = load_checkpoint(path)
+        self.name = name or category_name(self.meta, fallback)
+        arch = self.model.arch
+        self.size, self.keypoints, self.channels = arch.input_size, arch.num_keypoints, arch.in_channels
+        self.plain = self.model.to_plain()
+
+    def check_keypoints(self, k: int, data: str) -> None:
+        if k != self.keypoints:
+            raise BenchmarkError(f"{data}: {k} keypoints, the network {self.path} has {self.keypoints}")
+
+    def first(self, image, box, doc: str = ""):
+        return onnx_model.export_instance_model(image, self.plain, box, doc=doc)
+
+    def again(self, template, image, box):
+        m = onnx_model.with_image(template, image, box.family)
+        return m, onnx_model.check_parity(m, self.plain, image, box)
+
+    def category(self) -> dict:
+        from usnprune.pruner.models import count_parameters, file_hash
+
+        meta = self.meta
+        return {"name": self.name, "network": self.name, "checkpoint": self.path, "checkpoint_hash": file_hash(self.path),
+                "method": meta.get("method", "dense"), "sparsity": meta.get("sparsity", 0.0),
+                "seed": meta.get("seed", ""), "parameters": count_parameters(self.model)}
+
+
+def _networks(cfg: ExportConfig) -> list:
+    """Every network, loaded and checked before anything is written."""
+    from .onnx_in import OnnxNetwork
+
+    names = list(cfg.categories or [None] * (len(cfg.checkpoints) + len(cfg.onnx)))
+    nets: list = [_Checkpoint(ck, names[i], Path(ck).parent.name or f"net{i}") for i, ck in enumerate(cfg.checkpoints)]
+    nets += [OnnxNetwork(p, names[len(cfg.checkpoints) + i], cfg.onnx_normalized, cfg.builtin_check)
+             for i, p in enumerate(cfg.onnx)]
+    return nets
 
 
 def _prepare_target(out: Path, force: bool) -> list[str]:
@@ -167,34 +216,29 @@ def _writable_parent(out: Path) -> Path:
 def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict:
     """Write the benchmark folder; returns counts and timings."""
     from usnprune.pruner.data.source import load
-    from usnprune.pruner.models import count_parameters, file_hash, load_checkpoint
 
     cfg.check()
     out = Path(cfg.out)
     replace = _prepare_target(out, cfg.force)
     parent = _writable_parent(out)
     box = cfg.perturbation
-    # load every network first: a bad checkpoint fails before anything is written
-    nets = []
-    for i, ck in enumerate(cfg.checkpoints):
-        model, meta = load_checkpoint(ck)
-        name = cfg.categories[i] if cfg.categories else category_name(meta, Path(ck).parent.name or f"net{i}")
-        nets.append((ck, model, meta, name))
-    names = [n[3] for n in nets]
+    nets = _networks(cfg)  # every network first: a bad one fails before anything is written
+    names = [n.name for n in nets]
     for name in names:
         check_category(name, "--category")
     if len(set(names)) != len(names):
-        raise BenchmarkError(f"two checkpoints would share a category name ({', '.join(names)}); pass categories")
-    size = nets[0][1].arch.input_size
-    k = nets[0][1].arch.num_keypoints
-    channels = nets[0][1].arch.in_channels
-    for ck, model, _, _ in nets:
-        if (model.arch.input_size, model.arch.num_keypoints, model.arch.in_channels) != (size, k, channels):
-            raise BenchmarkError(f"{ck}: input size, channels or keypoint count differs from {nets[0][0]}")
+        raise BenchmarkError(f"two networks would share a category name ({', '.join(names)}); pass categories")
+    size, channels = nets[0].size, nets[0].channels
+    for net in nets:
+        if (net.size, net.channels) != (size, channels):
+            raise BenchmarkError(f"{net.path}: input size or channels ({net.channels} x {net.size} x {net.size}) "
+                                 f"differ from {nets[0].path} ({channels} x {size} x {size})")
     box.fam.check_channels(channels, "export.perturbation.family")
     ds = load(cfg.data, cfg.split, size, channels)
-    if len(ds.keypoint_names) != k:
-        raise BenchmarkError(f"{cfg.data}: {len(ds.keypoint_names)} keypoints, the networks have {k}")
+    k = len(ds.keypoint_names)
+    described = cfg.data if isinstance(cfg.data, str) else cfg.data.describe()
+    for net in nets:
+        net.check_keypoints(k, described)
     labelled = np.flatnonzero((np.asarray(ds.flags) >= 1).any(axis=1))
     if len(labelled) == 0:
         raise BenchmarkError(f"{cfg.data}: no {cfg.split} image has a labelled keypoint")
@@ -213,18 +257,17 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
         preds, categories, parity = {}, [], []
         bar = tqdm(total=len(nets) * n_pool, desc="export onnx", unit="model", leave=False,
                    disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
-        for ck, model, meta, name in nets:
-            plain = model.to_plain()
+        for net in nets:
+            name = net.name
             onnx_files, pred = {}, np.zeros((n_pool, k, 2))
             template = None
             for j, idx in enumerate(pool):
                 image = np.asarray(ds.images[idx], dtype=np.float32)
                 if template is None:
-                    m, err = onnx_model.export_instance_model(image, plain, box, doc=f"usnprune {name}")
+                    m, err = net.first(image, box, doc=f"usnprune {name}")
                     template = m
                 else:  # same simplified graph, this image's front weights; parity re-checked
-                    m = onnx_model.with_image(template, image, box.family)
-                    err = onnx_model.check_parity(m, plain, image, box)
+                    m, err = net.again(template, image, box)
                 parity.append(err)
                 rel = f"onnx/{name}/img{int(image_ids[j])}.onnx"
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -233,11 +276,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                 pred[j] = onnx_model.run(onnx_model.session(m), box.identity())[0].reshape(k, 2)
                 bar.update(1)
             preds[name] = pred
-            categories.append({
-                "name": name, "network": name, "checkpoint": str(ck), "checkpoint_hash": file_hash(ck),
-                "method": meta.get("method", "dense"), "sparsity": meta.get("sparsity", 0.0),
-                "seed": meta.get("seed", ""), "parameters": count_parameters(model), "onnx": onnx_files,
-            })
+            categories.append({**net.category(), "onnx": onnx_files})
         bar.close()
         np.savez(tmp / "properties.npz", image_ids=image_ids, ground_truth=np.asarray(ds.keypoints)[pool].astype(np.float64),
                  flags=np.asarray(ds.flags)[pool], **{f"pred_{n}": p for n, p in preds.items()})
@@ -267,7 +306,8 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                   "bytes": sum((out / f).stat().st_size for f in files)})
     log(f"wrote {out}: {stats['instances']} instances over {len(nets)} networks x {n_pool} pool images "
         f"({stats['skipped_not_labelled']} unlabelled keypoints skipped, {stats['skipped_violated']} violated at identity skipped) "
-        f"in {seconds:.1f} s; max ONNX/PyTorch difference {stats['max_parity_error_px']:.2e} px")
+        f"in {seconds:.1f} s; max ONNX/{'/'.join(['PyTorch'] * bool(cfg.checkpoints) + ['original ONNX'] * bool(cfg.onnx))} difference "
+        f"{stats['max_parity_error_px']:.2e} px")
     return stats
 
 

@@ -63,9 +63,11 @@ def front_initializers(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) ->
     return [initializer("front_W", D), initializer("front_b0", base), initializer("front_b1", base - 1.0)]
 
 
-def front_graph(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) -> tuple[list, list]:
-    """(initializers, nodes) of the lighting front: input X (theta) -> tensor ``t0``, the
-    perturbed image ``[batch, C, H, W]``."""
+def front_graph(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY, out: str = "t0") -> tuple[list, list]:
+    """(initializers, nodes) of the lighting front: input X (theta) -> tensor ``out``, the
+    perturbed image ``[batch, C, H, W]``. Its own tensors are ``front_W``, ``front_b0``,
+    ``front_b1``, ``image_shape``, ``z``, ``z_minus_1``, ``relu_z``, ``relu_z_minus_1`` and
+    ``pixels``; a graph it is prepended to must not use those names."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:
         img = img[None]
@@ -80,7 +82,7 @@ def front_graph(image: np.ndarray, fam: str | Family = DEFAULT_FAMILY) -> tuple[
         helper.make_node("Relu", ["z"], ["relu_z"], name="clip_low"),
         helper.make_node("Relu", ["z_minus_1"], ["relu_z_minus_1"], name="clip_high"),
         helper.make_node("Sub", ["relu_z", "relu_z_minus_1"], ["pixels"], name="clip"),
-        helper.make_node("Reshape", ["pixels", "image_shape"], ["t0"], name="to_image"),
+        helper.make_node("Reshape", ["pixels", "image_shape"], [out], name="to_image"),
     ]
     return inits, nodes
 
