@@ -36,15 +36,16 @@ class UserNet(nn.Module):
     residual block (conv-ReLU-conv, Add skip, ReLU) -> Linear -> 2K pixel coordinates
     (``layout="K2"``: ``[1, K, 2]``; ``normalized``: divided by the side)."""
 
-    def __init__(self, k: int = K, layout: str = "2K", normalized: bool = False, extra: str = "") -> None:
+    def __init__(self, k: int = K, layout: str = "2K", normalized: bool = False, extra: str = "",
+                 size: int = SIZE) -> None:
         super().__init__()
-        self.k, self.layout, self.normalized, self.extra = k, layout, normalized, extra
+        self.k, self.layout, self.normalized, self.extra, self.size = k, layout, normalized, extra, size
         self.register_buffer("mean", torch.tensor(0.45).view(1, 1, 1, 1))
         self.register_buffer("std", torch.tensor(0.25).view(1, 1, 1, 1))
         self.stem = nn.Conv2d(1, 2, 3, padding=1)
         self.pool = nn.MaxPool2d(2, 2)
         self.c1, self.c2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
-        self.head = nn.Linear(2 * (SIZE // 2) ** 2, 2 * k + (1 if extra == "odd_output" else 0))
+        self.head = nn.Linear(2 * (size // 2) ** 2, 2 * k + (1 if extra == "odd_output" else 0))
         with torch.no_grad():  # live stem units (a random stem can be all negative on a dark image)
             self.stem.weight.abs_()
             self.stem.bias.fill_(0.1)
@@ -55,9 +56,9 @@ class UserNet(nn.Module):
         x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
         if self.extra == "sigmoid":
             x = torch.sigmoid(x)
-        y = self.head(torch.flatten(x, 1)) + SIZE / 2
+        y = self.head(torch.flatten(x, 1)) + self.size / 2
         if self.normalized:
-            y = y / SIZE
+            y = y / self.size
         return y.reshape(-1, self.k, 2) if self.layout == "K2" else y
 
 
@@ -194,6 +195,23 @@ def test_output_layouts_and_normalized_coordinates_give_the_same_instance_model(
     assert np.max(np.abs(outs["unit"] - outs["px"])) <= 1e-4
     assert np.max(np.abs(outs["op18"] - outs["px"])) <= 1e-5
     assert 1 < np.median(outs["px"]) < SIZE  # pixels, not units
+
+
+def test_onnx_models_sit_beside_checkpoints_and_must_share_their_input(tiny_checkpoint, synth_data, tmp_path, capsys):
+    """``--checkpoint`` and ``--onnx`` in one benchmark: categories in that order, each with
+    its own parity; a model of another input size is refused naming both files."""
+    big = to_onnx(_net(size=32), tmp_path / "user32.onnx", (torch.zeros(1, 1, 32, 32),))
+    bench = tmp_path / "mixed"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--onnx", str(big), "--category", "ours", "theirs",
+                 "--data", str(synth_data), "--out", str(bench), "--images", "1", "--pool", "1"]) == 0
+    meta = json.loads((bench / "benchmark.json").read_text())
+    assert [(c["name"], c.get("source", "checkpoint")) for c in meta["categories"]] == [("ours", "checkpoint"),
+                                                                                         ("theirs", "onnx")]
+    assert set(pd.read_csv(bench / "manifest.csv")["category"]) == {"ours", "theirs"}
+    small = to_onnx(_net(), tmp_path / "user8.onnx")
+    _one_line(capsys, ["export", "--checkpoint", str(tiny_checkpoint), "--onnx", str(small), "--data", str(synth_data),
+                       "--out", str(tmp_path / "refused")], str(small), str(tiny_checkpoint), "1 x 8 x 8", "1 x 32 x 32")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_rgb_model_keeps_its_own_channel_order_and_scaling_exact(tmp_path, capsys):
