@@ -26,7 +26,11 @@ def test_serial_and_parallel_runs_agree_and_every_row_is_sound(bench, tmp_path):
     assert a["missing"] == b["missing"] == 0 and a["alarms"] == b["alarms"] == 0
     da, db = (pd.read_csv(tmp_path / r / "instances.csv") for r in ("serial", "local"))
     assert list(da.columns) == COLUMNS and len(da) == len(pd.read_csv(bench / "manifest.csv"))
-    assert list(da["verdict"]) == list(db["verdict"])
+    # a timeout is no verdict: on a loaded machine an instance of 1 s alone can reach the
+    # 10 s timeout in one run and not the other (seen at load average 9-11 on 2 cores)
+    both = (da["verdict"] != "timeout") & (db["verdict"] != "timeout")
+    assert both.sum() >= 0.9 * len(da)
+    assert list(da["verdict"][both]) == list(db["verdict"][both])
     assert {"certified", "falsified"} <= set(da["verdict"])  # 1 px holds, 0.05 px breaks
     assert not da[da["verdict"] == "certified"]["sample_violated"].any()
     fals = da[da["verdict"] == "falsified"]
