@@ -117,7 +117,7 @@ def _burn(stop_at: float) -> None:
 
 
 def run_builtin(insts: list[dict], options: dict) -> list[dict]:
-    backend = load_backend("builtin", threads=1, **options)
+    backend = load_backend("builtin", **{"threads": 1, **options})  # --option threads=N overrides
     out = []
     for inst in insts:
         v = backend.verify(Instance(Path(inst["root"]), inst["onnx"], inst["vnnlib"], inst["timeout"]))
