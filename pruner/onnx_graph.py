@@ -199,7 +199,8 @@ def build_graph_model(image: np.ndarray, net: nn.Module, doc: str = "",
         new.output.extend(name(t) for t in n.output)
         new.name = PREFIX + (n.name or n.op_type)
         nodes.append(new)
-    out_shape = [d.dim_value for d in inner.graph.output[0].type.tensor_type.shape.dim]
+    with torch.no_grad():  # the exporter may leave the output's dims symbolic
+        out_shape = list(copy.deepcopy(net).float().eval()(torch.zeros(1, c, h, w)).shape)
     if len(out_shape) != 2 or out_shape[1] < 2 or out_shape[1] % 2:
         raise ExportError(f"the network's output has shape {out_shape}, expected [batch, 2K]")
     graph = helper.make_graph(

@@ -1,9 +1,13 @@
-"""Structured pruning surgery: removing units yields a smaller dense network.
+"""Structured pruning of chains: removing units yields a smaller dense network.
 
-Removing unit j of a layer slices that layer's output weights, bias and BatchNorm entries,
+Removing unit j of a layer removes that layer's output weights, bias and BatchNorm entries,
 and the next layer's input weights; when the next layer is the first Linear after the conv
-stack, the ``feature_size**2`` flattened columns of each removed channel go with it. The
-result equals the original network with those units' outputs forced to zero (tested).
+stack, the ``feature_size**2`` flattened columns of each removed channel go with it. Since
+issue 13 Torch-Pruning does the slicing (it reproduced our former hand-written surgery
+exactly: same parameter counts, same function, on every chain registry model); this module
+keeps the chain's bookkeeping (unit names, widths in the architecture config) and
+:func:`zero_units`, the reference. The result equals the original network with those units'
+outputs forced to zero (tested).
 """
 
 from __future__ import annotations
@@ -40,57 +44,29 @@ def _check_keep(model: KeypointNet, keep: dict[str, np.ndarray]) -> dict[str, to
 def prune_units(model: KeypointNet, keep: dict[str, np.ndarray]) -> KeypointNet:
     """A new, smaller KeypointNet that keeps only the listed units of each layer.
 
+    The channels go through Torch-Pruning's dependency graph (:mod:`.tp_prune`), the one
+    pruning path of every network: on a chain each layer is its own group (its conv or
+    linear, its BatchNorm, the next layer's inputs, the flattened columns of each channel).
     Gates, if enabled, are sliced along (not folded), so a gated schedule can continue.
     """
+    from .tp_prune import prune_groups
+
     idx = _check_keep(model, keep)
-    names = model.arch.layer_names()
-    arch = model.arch.with_widths({n: len(i) for n, i in idx.items()})
-    new = KeypointNet(arch).to(model.head.weight.device)
-    src = copy.deepcopy(model)
-    n_conv = len(src.convs)
-    fs2 = src.arch.feature_size ** 2
-    # the input units each layer keeps: all inputs for the first layer
-    prev: torch.Tensor | None = None
-    for li, name in enumerate(names):
-        out_idx = idx[name]
-        if li < n_conv:
-            conv, nconv = src.convs[li], new.convs[li]
-            w = conv.weight[out_idx]
-            if prev is not None:
-                w = w[:, prev]
-            nconv.weight.copy_(w)
-            nconv.bias.copy_(conv.bias[out_idx])
-            bn, nbn = src.conv_bns[li], new.conv_bns[li]
-            if isinstance(bn, nn.BatchNorm2d):
-                for attr in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(nbn, attr).copy_(getattr(bn, attr)[out_idx])
-                nbn.num_batches_tracked.copy_(bn.num_batches_tracked)
-        else:
-            fc, nfc = src.fcs[li - n_conv], new.fcs[li - n_conv]
-            w = fc.weight[out_idx]
-            w = _slice_inputs(w, prev, li == n_conv and n_conv > 0, fs2)
-            nfc.weight.copy_(w)
-            nfc.bias.copy_(fc.bias[out_idx])
-        prev = out_idx
-    head_w = _slice_inputs(src.head.weight, prev, len(src.fcs) == 0 and n_conv > 0, fs2)
-    new.head.weight.copy_(head_w)
-    new.head.bias.copy_(src.head.bias)
-    new.out_scale.copy_(src.out_scale)
-    if model.has_gates():
-        gates = new.enable_gates()
-        for name, g in gates.items():
-            g.data.copy_(model.gate_params[name].data[idx[name]])
+    widths = model.widths()
+    new = copy.deepcopy(model)
+    gates = {n: p.detach().clone() for n, p in new.gate_params.items()} if new.has_gates() else None
+    if gates is not None:
+        del new.gate_params  # not part of the graph Torch-Pruning traces
+    n_conv = len(model.convs)
+    remove = {(f"convs/{i}" if i < n_conv else f"fcs/{i - n_conv}"): np.setdiff1d(np.arange(widths[n]), idx[n].numpy())
+              for i, n in enumerate(model.arch.layer_names())}
+    prune_groups(new, remove)
+    new.arch = model.arch.with_widths({n: len(i) for n, i in idx.items()})
+    if gates is not None:
+        for name, g in new.enable_gates().items():
+            g.data.copy_(gates[name][idx[name].to(gates[name].device)])
     new.train(model.training)
     return new
-
-
-def _slice_inputs(w: torch.Tensor, prev: torch.Tensor | None, after_flatten: bool, fs2: int) -> torch.Tensor:
-    if prev is None:
-        return w
-    if after_flatten:  # columns are channel-major blocks of fs2 features
-        cols = (prev.view(-1, 1) * fs2 + torch.arange(fs2).view(1, -1)).reshape(-1)
-        return w[:, cols]
-    return w[:, prev]
 
 
 @torch.no_grad()
