@@ -404,6 +404,9 @@ def analyze(checkpoint: str, data: str | DataSource, out: str, box: perturbation
     folder = OutputFolder(out, "prune --analyze-only", force, flag="out", inputs=[checkpoint])
     folder.claim(ANALYSIS)
     model, _ = load_checkpoint(checkpoint)
+    if not isinstance(model, KeypointNet):
+        raise ConfigError(f"{checkpoint}: --analyze-only is implemented for chain networks (its bound analysis "
+                          f"follows the chain's layers); prune the graph network without it")
     box.fam.check_channels(model.arch.in_channels, "prune.perturbation.family")
     ds = load(data, "train", model.arch.input_size, model.arch.in_channels)
     check_keypoints(model, ds, checkpoint, data)

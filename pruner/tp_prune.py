@@ -63,7 +63,8 @@ def head_module(net: nn.Module, arch) -> nn.Module:
     try:
         with torch.no_grad():
             was = net.training
-            net.eval()(torch.zeros(1, arch.in_channels, arch.input_size, arch.input_size))
+            dev = next(net.parameters()).device
+            net.eval()(torch.zeros(1, arch.in_channels, arch.input_size, arch.input_size, device=dev))
             net.train(was)
     finally:
         for h in hs:

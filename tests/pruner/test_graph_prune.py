@@ -217,6 +217,9 @@ def test_factory_state_dict_is_loaded_and_checked(user_module, tmp_path, capsys)
         f"usernet:make@{tmp_path / 'missing.pt'}": "does not fit the factory's module (missing ['fc.weight']",
         f"usernet:make@{tmp_path / 'absent.pt'}": "no such state_dict file",
     }
+    cfg = _prune_yaml(tmp_path, tmp_path, "usernet:make")
+    assert main(["prune", "--config", str(cfg), "--analyze-only", "--out", str(tmp_path / "a")]) == 2
+    assert "--analyze-only is implemented for chain networks" in capsys.readouterr().err
     for spec, want in cases.items():
         assert main(["eval", "--checkpoint", spec, "--data", str(tmp_path)]) == 2
         err = capsys.readouterr().err
