@@ -1,7 +1,10 @@
 """The ``usnprune`` command line. It only parses arguments and calls the Python API.
 
-User errors (bad files, bad options) end in one line ``usnprune: error: ...`` and exit
-status 2, without a traceback; bugs keep their traceback.
+A bare ``usnprune`` (or a bare command) prints its help; every option's help shows its
+default, which comes from the configuration type the experiment YAML uses too
+(:func:`usnprune.config.default_of`). User errors (bad files, bad options) end in one line
+``usnprune: error: ...`` naming the option as typed, and exit status 2, without a traceback;
+bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -13,20 +16,11 @@ import math
 import sys
 from pathlib import Path
 
+from usnprune import __version__
 from usnprune.config import default_of, from_dict, load_yaml
 from usnprune.errors import ConfigError, UsnpruneError
-from usnprune.export.benchmark import ExportConfig
 from usnprune.files import atomic_write
-from usnprune.pruner.data.synthetic import SynthConfig
-from usnprune.pruner.evaluate import EvalConfig
-from usnprune.pruner.models import CHECKPOINT_NAME
-from usnprune.pruner.data.source import DataSource
-from usnprune.pruner.perturbation import Box, family
-from usnprune.pruner.train import TrainConfig
 from usnprune.system import progress_enabled
-
-from .dispatch import EXECUTORS
-from .verify import VerifyConfig
 
 EXIT_USER_ERROR = 2
 
@@ -66,6 +60,8 @@ def _count(name: str, minimum: int = 1):
 
 def _box(args):
     """The box from --eps-contrast/--eps-brightness; an error names the flag."""
+    from usnprune.pruner.perturbation import Box, family
+
     family(args.family, "--family")
     try:
         return Box.make(args.eps_contrast, args.eps_brightness, args.family, where="box")
@@ -107,6 +103,8 @@ def _split(args) -> tuple[object, str]:
     data = _data(args, "test")
     if data is None:
         raise ConfigError("give the data: --data DIR, or --annotations FILE.json --image-dir DIR")
+    from usnprune.pruner.data.source import DataSource
+
     if isinstance(data, dict) and "folder" not in data:
         if args.split is not None:
             raise ConfigError("--split picks a split of a --data folder; with --annotations the file is the data")
@@ -129,7 +127,8 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from usnprune.pruner.train import train
+    from usnprune.pruner.models import CHECKPOINT_NAME
+    from usnprune.pruner.train import TrainConfig, train
 
     raw = load_yaml(args.config)
     data = _data(args)
@@ -139,6 +138,8 @@ def cmd_train(args) -> int:
         raw["out"] = args.out
     cfg = from_dict(TrainConfig, raw, where=str(args.config))
     if args.family is not None:
+        from usnprune.pruner.perturbation import Box, family
+
         family(args.family, "--family")
         aug = cfg.augment.perturbation
         cfg.augment.perturbation = Box.make(aug.eps_c, aug.eps_b, args.family, where="--family")
@@ -150,7 +151,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from usnprune.pruner.data.source import load
-    from usnprune.pruner.evaluate import evaluate, metrics_table
+    from usnprune.pruner.evaluate import EvalConfig, evaluate, metrics_table
     from usnprune.pruner.models import load_checkpoint
     from usnprune.pruner.prune import check_keypoints
 
@@ -180,17 +181,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    from usnprune.pruner.models import CHECKPOINT_NAME
     from usnprune.pruner.prune import analyze, load_prune_config
 
     cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=_data(args), out=args.out,
                             method=args.method, sparsity=args.sparsity, seed=args.seed, family=args.family)
     if args.analyze_only:
-        rows = analyze(cfg.checkpoint, cfg.data, cfg.out, cfg.perturbation, cfg.calibration.images,
+        # its own folder: the analysis describes the checkpoint, not a pruned network
+        out = Path(args.out) if args.out else Path(f"{cfg.out.rstrip('/')}-analysis")
+        rows = analyze(cfg.checkpoint, cfg.data, str(out), cfg.perturbation, cfg.calibration.images,
                        cfg.calibration.perturbations, cfg.seed, force=args.force)
         for r in rows:
             print(f"{r['layer']:>6}: {r['units']:4d} units, mean USN {r['mean_usn']:.3f}, "
                   f"unstable {r['unstable_share']:.1%}, looseness share {r['looseness_share']:.1%}")
-        print(f"wrote {Path(cfg.out) / 'analysis.csv'} and {Path(cfg.out) / 'analysis.png'}")
+        print(f"wrote {out / 'analysis.csv'} and {out / 'analysis.png'}")
         return 0
     from usnprune.pruner.prune import prune
 
@@ -200,7 +204,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from usnprune.export.benchmark import export_benchmark
+    from usnprune.export.benchmark import ExportConfig, export_benchmark
 
     if not args.checkpoint and not args.onnx:
         raise ConfigError("give the networks: --checkpoint MODEL.pt ... and/or --onnx MODEL.onnx ...")
@@ -250,7 +254,7 @@ def _parse_options(items: list[str] | None, flag: str = "--option") -> dict:
 
 
 def cmd_verify(args) -> int:
-    from .verify import run_verify
+    from .verify import VerifyConfig, run_verify
 
     executor_options = _parse_options(args.sbatch, "--sbatch")
     for key in ("partition", "time_min", "gpus_per_task", "cpus_per_task", "account", "mem_gb"):
@@ -284,63 +288,131 @@ def cmd_run(args) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------
+# Each command's arguments are built only when that command runs (or for --help of it): the
+# configuration types that hold the defaults import PyTorch, which a bare `usnprune`, `--version`
+# or `verify` should not wait for.
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="usnprune", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (argparse's ArgumentDefaultsHelpFormatter, but
+    without "default: None" for options that have none, and lists written as typed)."""
 
-    d = sub.add_parser("data", help="datasets")
-    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    s = dsub.add_parser("synth", help="generate the synthetic aircraft keypoint dataset (COCO format)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == argparse.SUPPRESS
+                or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def _show_help(parser: argparse.ArgumentParser):
+    def show(_args) -> int:
+        print(parser.format_help(), end="")
+        return 0
+
+    return show
+
+
+def _share(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _add_box_args(p: argparse.ArgumentParser) -> None:
+    from usnprune.pruner.perturbation import Box
+
+    p.add_argument("--eps-contrast", type=float, default=default_of(Box, "eps_c"), metavar="EPS",
+                   help="contrast c ranges over [1-EPS, 1+EPS]")
+    p.add_argument("--eps-brightness", type=float, default=default_of(Box, "eps_b"), metavar="EPS",
+                   help="brightness b ranges over [-EPS, EPS]")
+    p.add_argument("--family", default=default_of(Box, "family"),
+                   help="lighting family: brightness_contrast (k=2), channel_gain_bias (k=6), channel_gain (k=3); docs/method.md")
+
+
+def _data_args(d: argparse.ArgumentParser) -> None:
+    from usnprune.pruner.data.synthetic import SynthConfig
+
+    d.set_defaults(func=_show_help(d))
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser, title="subcommands")
+    s = dsub.add_parser("synth", help="generate the synthetic aircraft keypoint dataset (COCO format)",
+                        description="Generate the synthetic aircraft keypoint dataset (COCO keypoints, docs/dataset.md); "
+                                    "deterministic in the seed.", formatter_class=_Formatter)
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--n-train", type=_count("--n-train"), default=default_of(SynthConfig, "n_train"))
-    s.add_argument("--n-test", type=_count("--n-test"), default=default_of(SynthConfig, "n_test"))
-    s.add_argument("--seed", type=int, default=default_of(SynthConfig, "seed"))
+    s.add_argument("--n-train", type=_count("--n-train"), default=default_of(SynthConfig, "n_train"),
+                   help="training images")
+    s.add_argument("--n-test", type=_count("--n-test"), default=default_of(SynthConfig, "n_test"), help="test images")
+    s.add_argument("--seed", type=int, default=default_of(SynthConfig, "seed"), help="random seed of the renderer")
     s.add_argument("--size", type=_count("--size", 16), default=default_of(SynthConfig, "size"), help="image side in pixels")
     s.add_argument("--channels", type=int, choices=[1, 3], default=default_of(SynthConfig, "channels"),
                    help="1: grayscale, 3: RGB")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder (replacing only what usnprune wrote)")
     s.set_defaults(func=cmd_data_synth)
 
-    t = sub.add_parser("train", help="train a keypoint network from a YAML config")
-    t.add_argument("--config", required=True)
-    t.add_argument("--data", help="override the config's data folder")
+
+def _train_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--config", required=True, metavar="FILE.yaml",
+                   help="training configuration (examples/train.yaml; keys in docs/cli.md)")
+    t.add_argument("--data", help="dataset folder, overriding the config's data")
     _add_coco_args(t, test=True)
-    t.add_argument("--out", help="override the config's output folder")
+    t.add_argument("--out", help="output folder, overriding the config's out")
     t.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
     t.add_argument("--family", help="override the augmentation's lighting family")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="clean and empirically robust keypoint metrics")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", help="dataset folder")
+
+def _eval_args(e: argparse.ArgumentParser) -> None:
+    from usnprune.pruner.evaluate import EvalConfig
+
+    e.add_argument("--checkpoint", required=True, help="the network (model.pt)")
+    e.add_argument("--data", help="dataset folder (or --annotations FILE.json --image-dir DIR)")
     _add_coco_args(e)
-    e.add_argument("--split", help=f"split of the --data folder (default {default_of(EvalConfig, 'split')})")
+    e.add_argument("--split", help=f"which split of the --data folder (default: {default_of(EvalConfig, 'split')})")
     _add_box_args(e)
     e.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(EvalConfig, "deltas"),
-                   help="tolerances in px")
+                   metavar="PX", help="tolerances in pixels")
     e.add_argument("--grid", type=_count("--grid", 2), default=default_of(EvalConfig, "grid"),
                    help="grid points per axis of the box")
-    e.add_argument("--out", help="CSV file for the per-keypoint table")
+    e.add_argument("--out", help="CSV file for the per-keypoint table (default: print the overall figures only)")
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("prune", help="prune a network (USN, USN + Wasserstein, or a baseline)")
-    pr.add_argument("--config", required=True, help="prune YAML (see docs/cli.md)")
-    pr.add_argument("--checkpoint", help="override: the dense network")
-    pr.add_argument("--data", help="override: dataset folder")
+
+def _prune_args(pr: argparse.ArgumentParser) -> None:
+    from usnprune.pruner.prune import METHODS
+
+    pr.add_argument("--config", required=True, metavar="FILE.yaml",
+                    help="pruning configuration (examples/prune.yaml; keys in docs/cli.md)")
+    pr.add_argument("--checkpoint", help="the dense network, overriding the config's checkpoint")
+    pr.add_argument("--data", help="dataset folder, overriding the config's data")
     _add_coco_args(pr, test=True)
-    pr.add_argument("--family", help="override: the lighting family (of the scoring and augmentation boxes)")
-    pr.add_argument("--out", help="override: output folder")
-    pr.add_argument("--method", help="override: none, random, magnitude, activation, usn, usn_w")
-    pr.add_argument("--sparsity", type=float, help="override: share of units removed, in [0, 1)")
-    pr.add_argument("--seed", type=int, help="override: seed")
-    pr.add_argument("--analyze-only", action="store_true", help="write the per-layer USN/stability analysis only")
+    pr.add_argument("--family", help="the lighting family of the scoring and augmentation boxes, overriding the config's")
+    pr.add_argument("--out", help="output folder, overriding the config's out; with --analyze-only the analysis "
+                                  "folder (default there: the config's out with -analysis appended)")
+    pr.add_argument("--method", choices=METHODS, help="pruning method, overriding the config's method")
+    pr.add_argument("--sparsity", type=_share, help="share of prunable units removed, in [0, 1), overriding the config's")
+    pr.add_argument("--seed", type=int, help="seed, overriding the config's")
+    pr.add_argument("--analyze-only", action="store_true",
+                    help="only write the per-layer USN / stability analysis of the checkpoint (analysis.csv, analysis.png)")
     pr.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
     pr.set_defaults(func=cmd_prune)
 
-    ex = sub.add_parser("export", help="write a VNN-COMP benchmark folder (ONNX + VNNLIB) for checkpoints")
+
+def _export_args(ex: argparse.ArgumentParser) -> None:
+    from typing import get_args, get_type_hints
+
+    from usnprune.export.benchmark import ExportConfig
+
     ex.add_argument("--checkpoint", nargs="+", help="one or more usnprune checkpoints (one category each)")
     ex.add_argument("--onnx", nargs="+", metavar="MODEL.onnx",
                     help="one or more ONNX keypoint regressors: image [1, C, H, W] -> [1, 2K] or [1, K, 2] "
@@ -350,68 +422,117 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-builtin-check", action="store_true",
                     help="export --onnx models the builtin verifier cannot read (for other verifiers)")
     ex.add_argument("--category", nargs="+", help="category names, one per checkpoint then per --onnx model")
-    ex.add_argument("--data", help="dataset folder")
+    ex.add_argument("--data", help="dataset folder (or --annotations FILE.json --image-dir DIR)")
     _add_coco_args(ex, category="--coco-category")
-    ex.add_argument("--split", help=f"split of the --data folder (default {default_of(ExportConfig, 'split')})")
+    ex.add_argument("--split", help=f"which split of the --data folder the images come from (default: {default_of(ExportConfig, 'split')})")
     ex.add_argument("--out", required=True, help="benchmark folder to write")
     _add_box_args(ex)
     ex.add_argument("--delta", type=_positive("--delta"), nargs="+", default=default_of(ExportConfig, "deltas"),
-                    help="tolerances in px")
+                    metavar="PX", help="tolerances in pixels")
     ex.add_argument("--images", type=_count("--images"), default=default_of(ExportConfig, "images"),
                     help="images verified per network")
-    ex.add_argument("--pool", type=_count("--pool"), help="images exported (default 2 x --images)")
+    ex.add_argument("--pool", type=_count("--pool"), help="images exported (default: 2 x --images)")
     ex.add_argument("--timeout", type=_positive("--timeout"), default=default_of(ExportConfig, "timeout"),
                     help="seconds per instance")
-    ex.add_argument("--seed", type=int, default=default_of(ExportConfig, "seed"))
-    ex.add_argument("--reference", choices=["gt", "prediction"], default=default_of(ExportConfig, "reference"))
+    ex.add_argument("--seed", type=int, default=default_of(ExportConfig, "seed"), help="seed that picks the images")
+    ex.add_argument("--reference", choices=get_args(get_type_hints(ExportConfig)["reference"]),
+                    default=default_of(ExportConfig, "reference"),
+                    help="what a keypoint must stay near: gt (the ground truth: certified accuracy), prediction "
+                         "(the clean prediction: certified stability), or both (a property of each)")
     ex.add_argument("--gzip", action="store_true", help="write .vnnlib.gz")
-    ex.add_argument("--skip-violated", action="store_true", help="leave out instances violated at the identity")
-    ex.add_argument("--force", action="store_true", help="write into an existing folder")
+    ex.add_argument("--skip-violated", action="store_true",
+                    help="leave out properties already violated at the identity (reports count them as falsified)")
+    ex.add_argument("--force", action="store_true",
+                    help="write into an existing folder (replacing only what an earlier export wrote)")
     ex.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("verify", help="verify a benchmark folder; one result row per instance")
+
+def _verify_args(v: argparse.ArgumentParser) -> None:
+    from .dispatch import EXECUTORS
+    from .verify import VerifyConfig
+
     v.add_argument("bench", help="benchmark folder (instances.csv, onnx/, vnnlib/)")
     v.add_argument("--backend", default=default_of(VerifyConfig, "backend"),
-                   help="verifier profile name or profile YAML (builtin, abcrown, ...)")
+                   help="verifier profile name or profile YAML (builtin, abcrown, abcrown-gpu, onnxsim, marabou, ...)")
     v.add_argument("--out", required=True, help="run folder")
-    v.add_argument("--workers", type=_count("--workers"), default=default_of(VerifyConfig, "workers"))
+    v.add_argument("--workers", type=_count("--workers"), default=default_of(VerifyConfig, "workers"),
+                   help="verifier processes (local executor)")
     v.add_argument("--timeout", type=_positive("--timeout"), help="seconds per instance (default: instances.csv)")
     v.add_argument("--resume", action="store_true", help="continue a run: only instances without a result")
-    v.add_argument("--executor", choices=list(EXECUTORS), default=default_of(VerifyConfig, "executor"))
-    v.add_argument("--chunk-size", type=_count("--chunk-size"), help="instances per worker task / array task")
+    v.add_argument("--executor", choices=list(EXECUTORS), default=default_of(VerifyConfig, "executor"),
+                   help="serial (this process), local (--workers processes) or slurm (a job array)")
+    v.add_argument("--chunk-size", type=_count("--chunk-size"),
+                   help="instances per worker task / array task (default: the backend's)")
     v.add_argument("--option", action="append", metavar="KEY=VALUE", help="backend option override (repeatable)")
     v.add_argument("--cross-check", nargs="+", metavar="BACKEND", help="also run these backends and compare verdicts")
-    sl = v.add_argument_group("slurm executor")
-    sl.add_argument("--partition")
+    sl = v.add_argument_group("slurm executor (docs/cluster.md)")
+    sl.add_argument("--partition", help="Slurm partition")
     sl.add_argument("--time-min", type=_count("--time-min"), dest="time_min", help="time limit per array task, minutes")
-    sl.add_argument("--gpus-per-task", type=_count("--gpus-per-task", 0), dest="gpus_per_task")
-    sl.add_argument("--cpus-per-task", type=_count("--cpus-per-task"), dest="cpus_per_task")
-    sl.add_argument("--mem-gb", type=_count("--mem-gb"), dest="mem_gb")
-    sl.add_argument("--account")
+    sl.add_argument("--gpus-per-task", type=_count("--gpus-per-task", 0), dest="gpus_per_task", help="GPUs per array task")
+    sl.add_argument("--cpus-per-task", type=_count("--cpus-per-task"), dest="cpus_per_task", help="CPUs per array task")
+    sl.add_argument("--mem-gb", type=_count("--mem-gb"), dest="mem_gb", help="memory per array task, GB")
+    sl.add_argument("--account", help="Slurm account")
     sl.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
     v.set_defaults(func=cmd_verify)
 
-    rp = sub.add_parser("report", help="certified-keypoint tables and plots from run folders")
-    rp.add_argument("runs", nargs="+", help="run folders")
-    rp.add_argument("--out", required=True, help="output folder")
+
+def _report_args(rp: argparse.ArgumentParser) -> None:
+    rp.add_argument("runs", nargs="+", help="run folders (from usnprune verify)")
+    rp.add_argument("--out", required=True, help="output folder: report.md, summary.csv, keypoints.csv, plots, sheets/")
     rp.add_argument("--no-sheets", action="store_true", help="skip the per-network contact sheets")
     rp.add_argument("--force", action="store_true", help="replace what an earlier report wrote in the output folder")
     rp.set_defaults(func=cmd_report)
 
-    r = sub.add_parser("run", help="run an experiment YAML end to end")
-    r.add_argument("experiment")
-    r.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
-    r.add_argument("--only", nargs="+", help="run only these stages")
+
+def _run_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("experiment", help="experiment YAML (benchmarks/demo.yaml; keys in docs/cli.md)")
+    r.add_argument("--force", action="store_true", help="redo stages whose configuration changed")
+    r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
     r.set_defaults(func=cmd_run)
 
+
+COMMANDS = {  # name -> (one line, what it does at more length, argument builder)
+    "data": ("datasets", "Make a dataset: `usnprune data synth` renders the synthetic aircraft keypoints.", _data_args),
+    "train": ("train a keypoint network from a YAML config", "Train the dense network (writes model.pt).", _train_args),
+    "eval": ("clean and empirically robust keypoint metrics",
+             "Clean PCK, empirical robust PCK (within δ of the ground truth on a grid of the box) and stable PCK.",
+             _eval_args),
+    "prune": ("prune a network (USN, USN + Wasserstein, or a baseline)",
+              "Prune the dense network into a smaller one, or analyse its layers (--analyze-only).", _prune_args),
+    "export": ("write a VNN-COMP benchmark folder (ONNX + VNNLIB) for networks",
+               "One ONNX model per (network, image), one VNNLIB property per (keypoint, tolerance, reference).",
+               _export_args),
+    "verify": ("verify a benchmark folder; one result row per instance",
+               "Run a verifier on every instance; counterexamples are replayed, certificates attacked by sampling.",
+               _verify_args),
+    "report": ("certified accuracy and stability: report.md, tables, plots",
+               "Certified accuracy (against the ground truth) beside certified stability, from run folders.",
+               _report_args),
+    "run": ("run an experiment YAML end to end", "data -> train -> eval -> prune -> export -> verify -> report.",
+            _run_args),
+}
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one)."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(command: str | None = None, every: bool = True) -> argparse.ArgumentParser:
+    """The parser. ``every``: build every command's arguments; else only ``command``'s (the
+    others are listed with their one-line help)."""
+    p = _Parser(prog="usnprune", formatter_class=_Formatter,
+                description=f"usnprune {__version__}: prune keypoint networks and certify them against lighting changes.",
+                epilog="A bare command prints its help; `usnprune COMMAND --help` lists its options and defaults.\n"
+                       "Documentation: README.md and docs/ (cli.md: commands and configuration files).")
+    p.add_argument("--version", action="version", version=f"usnprune {__version__}")
+    p.set_defaults(func=_show_help(p))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, title="commands")
+    for name, (short, long, build) in COMMANDS.items():
+        sp = sub.add_parser(name, help=short, description=long, formatter_class=_Formatter)
+        if every or command == name:
+            build(sp)
     return p
-
-
-def _add_box_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps-contrast", type=float, default=default_of(Box, "eps_c"), help="contrast c in [1-eps, 1+eps]")
-    p.add_argument("--eps-brightness", type=float, default=default_of(Box, "eps_b"), help="brightness b in [-eps, eps]")
-    p.add_argument("--family", default=default_of(Box, "family"),
-                   help="lighting family: brightness_contrast (k=2), channel_gain_bias (k=6), channel_gain (k=3)")
 
 
 def _add_coco_args(p: argparse.ArgumentParser, test: bool = False, category: str = "--category") -> None:
@@ -436,7 +557,8 @@ def _one_line(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_in(argv), every=False)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

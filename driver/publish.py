@@ -1,10 +1,12 @@
 """The study's published results: ``benchmarks/results/<preset>/``.
 
 Joins what the experiment measured per network -- test-split metrics and fidelity from the
-prune reports (the dense network's from the eval stage), certified and empirical PCK and
-times from the verification report, the eps sweep -- into ``summary.csv`` (method x
-sparsity x seed x backend), copies ``keypoints.csv`` and the plots, and writes
-``report.md`` with mean and spread over seeds. Small text and PNG files only, meant for git.
+prune reports (the dense network's from the eval stage), certified and clean accuracy,
+certified stability and times from the verification runs, the eps sweep -- into
+``summary.csv`` (method x sparsity x seed x backend), copies ``keypoints.csv`` and the plots,
+and writes ``report.md``: the report stage's page (settings, the method x sparsity table with
+mean and spread over seeds, the checks, per keypoint, plots) plus the test-split table and
+the sweep. Small text and PNG files only, meant for git. Percentages throughout.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import pandas as pd
 from usnprune.errors import ConfigError
 from usnprune.pruner.models import network_name
 
-from .report import check_ceiling
+from . import report_md
+from .report import check_rows, keypoint_table, load_run, settings, summary_table
+
+PLOTS = ("certified_accuracy.png", "certified_stability.png", "verification_time.png")
+SWEEP_PLOTS = ("certified_accuracy_vs_eps.png", "certified_stability_vs_eps.png", "time_vs_eps.png")
+TEST_METRICS = {"pck": "clean_pck_test_pct", "robust_pck": "robust_pck_test_pct", "stable_pck": "stable_pck_test_pct"}
 
 
 def _test_metrics(ctx) -> pd.DataFrame:
@@ -35,92 +42,87 @@ def _test_metrics(ctx) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, std: float, pct: bool) -> str:
-    if pct:
-        return f"{100 * mean:.1f} ± {100 * std:.1f}" if np.isfinite(std) and std > 0 else f"{100 * mean:.1f}"
-    return f"{mean:.3g} ± {std:.2g}" if np.isfinite(std) and std > 0 else f"{mean:.3g}"
+def _with_test(summary: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The report's rows with the test-split metrics at the row's delta, in percent."""
+    merged = summary.merge(test, on="network", how="left", suffixes=("", "_test")) if len(test) else summary
+    out = summary.copy()
+    for prefix, col in TEST_METRICS.items():
+        out[col] = [round(100 * float(r.get(f"{prefix}@{r['delta_px']:g}", np.nan)), 2)
+                    for r in merged.to_dict("records")]
+    out["fidelity_px"] = merged["fidelity_px"].values if "fidelity_px" in merged else np.nan
+    return out.sort_values(["backend", "method", "sparsity", "seed"])
 
 
 def publish(ctx, to: Path, title: str) -> Path:
     rep = ctx.stage_dir("report")
-    if not (rep / "summary.csv").is_file():
-        raise ConfigError("publish: run the report stage first (no report/summary.csv)")
-    summary = pd.read_csv(rep / "summary.csv")
-    test = _test_metrics(ctx)
-    merged = summary.merge(test, on="network", how="left", suffixes=("", "_test"))
-    rows = []
-    for r in merged.to_dict("records"):
-        d = r["delta"]
-        key = f"{d:g}"
-        rows.append({
-            "method": r["method"], "sparsity": r["sparsity"], "seed": r["seed"], "backend": r["backend"],
-            "network": r["network"], "parameters": r["parameters"], "delta_px": d, "eps_c": r["eps_c"], "eps_b": r["eps_b"],
-            "reference": r["reference"], "instances": r["instances"],
-            "clean_pck_test": r.get(f"pck@{key}", np.nan),
-            "stable_pck_test": r.get(f"stable_pck@{key}", np.nan),
-            "robust_pck_test": r.get(f"robust_pck@{key}", np.nan),
-            "empirical_robust_pck": r["empirical_robust_pck"], "certified_pck": r["certified_pck"],
-            "time_mean_s": r["time_mean_s"], "time_median_s": r["time_median_s"], "time_max_s": r["time_max_s"],
-            "timeouts": r["timeouts"], "unknown": r["unknown"], "errors": r["errors"],
-            "fidelity_px": r.get("fidelity_px", np.nan),
-        })
-    out = pd.DataFrame(rows).sort_values(["backend", "method", "sparsity", "seed"])
-    problems = check_ceiling(summary)
+    runs = ctx.verify_runs()
+    if not (rep / "summary.csv").is_file() or not runs:
+        raise ConfigError("publish: run the verify and report stages first (no report/summary.csv)")
+    df = pd.concat([load_run(r) for r in runs], ignore_index=True)
+    summary = summary_table(df)
+    problems = check_rows(summary)
     if problems:
-        raise ConfigError("publish: certified PCK above its empirical ceiling: " + "; ".join(problems))
+        raise ConfigError("publish: a certified share above a share it cannot exceed: " + "; ".join(problems))
+    out = _with_test(summary, _test_metrics(ctx))
     to.mkdir(parents=True, exist_ok=True)
     out.to_csv(to / "summary.csv", index=False)
-    shutil.copyfile(rep / "keypoints.csv", to / "keypoints.csv")
-    for png in ("certified_pck.png", "verification_time.png"):
+    keypoint_table(df).to_csv(to / "keypoints.csv", index=False)
+    figures = [p for p in PLOTS if (rep / p).is_file()]
+    for png in figures:
         shutil.copyfile(rep / png, to / png)
-    sweep = ctx.stage_dir("sweep") / "summary.csv"
     sweep_df = None
+    sweep = ctx.stage_dir("sweep") / "summary.csv"
     if sweep.is_file():
         sweep_df = pd.read_csv(sweep)
-        sweep_df[["network", "eps", "delta", "instances", "certified_pck", "empirical_robust_pck", "time_mean_s",
-                  "time_median_s", "timeouts"]].to_csv(to / "sweep.csv", index=False)
-        for png in ("certified_pck_vs_eps.png", "time_vs_eps.png"):
-            shutil.copyfile(ctx.stage_dir("sweep") / png, to / png)
-    (to / "report.md").write_text(_markdown(out, sweep_df, title, ctx))
+        sweep_df.to_csv(to / "sweep.csv", index=False)
+        for png in SWEEP_PLOTS:
+            if (ctx.stage_dir("sweep") / png).is_file():
+                shutil.copyfile(ctx.stage_dir("sweep") / png, to / png)
+    md = report_md.render(summary, keypoint_table(df), settings(df), problems, figures, [], df)
+    md = md.replace("# Certified keypoints", f"# {title}", 1)
+    md += _test_section(out) + (_sweep_section(sweep_df, to) if sweep_df is not None else "")
+    md += f"\nGenerated by `usnprune run` (publish stage) from `{ctx.out}`; seeds {ctx.seeds}.\n"
+    (to / "report.md").write_text(md)
     ctx.log(f"published {to}/summary.csv, keypoints.csv, report.md and plots")
     return to
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    cols = ["parameters", "clean_pck_test", "stable_pck_test", "empirical_robust_pck", "certified_pck", "time_mean_s",
-            "time_median_s", "timeouts", "fidelity_px"]
-    g = df.groupby(["backend", "method", "sparsity", "delta_px"], dropna=False)
-    mean, std = g[cols].mean(), g[cols].std()
-    mean.columns = [f"{c}_mean" for c in cols]
-    std.columns = [f"{c}_std" for c in cols]
-    return mean.join(std).join(g.size().rename("seeds")).reset_index()
+def _fmt(values: pd.Series, digits: int = 1) -> str:
+    v = values.astype(float)
+    m, s = v.mean(), v.std() if len(v) > 1 else 0.0
+    if not np.isfinite(m):
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) and s > 0 else f"{m:.{digits}f}"
 
 
-def _markdown(df: pd.DataFrame, sweep: pd.DataFrame | None, title: str, ctx) -> str:
-    agg = aggregate(df)
-    lines = [f"# {title}", "", f"Generated by `usnprune run` (publish stage) from `{ctx.out}`; seeds {ctx.seeds}.",
-             "Mean ± standard deviation over seeds. PCK values in %. `certified` = instances the verifier certified;",
-             "`empirical` = instances that no sample of the box (21 × 21 grid + 64 random points, onnxruntime) breaks —",
-             "an upper bound of certified. `clean` and `stable` are test-split figures at the same delta",
-             "(clean: within delta of the ground truth; stable: within delta of the clean prediction for every (c, b) of an",
-             "11 × 11 grid). Time is per instance.", ""]
-    for (backend, delta), g in agg.groupby(["backend", "delta_px"]):
-        lines += [f"## {backend}, delta {delta:g} px", "",
-                  "| method | sparsity | seeds | parameters | clean | stable | empirical | certified | time (s) | timeouts | fidelity (px) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in g.sort_values(["sparsity", "method"]).itertuples():
-            lines.append(
-                f"| {r.method} | {r.sparsity:g} | {r.seeds} | {r.parameters_mean:,.0f} | {_fmt(r.clean_pck_test_mean, r.clean_pck_test_std, True)} "
-                f"| {_fmt(r.stable_pck_test_mean, r.stable_pck_test_std, True)} | {_fmt(r.empirical_robust_pck_mean, r.empirical_robust_pck_std, True)} "
-                f"| **{_fmt(r.certified_pck_mean, r.certified_pck_std, True)}** | {_fmt(r.time_mean_s_mean, r.time_mean_s_std, False)} "
-                f"| {r.timeouts_mean:.1f} | {_fmt(r.fidelity_px_mean, r.fidelity_px_std, False)} |")
-        lines.append("")
-    lines += ["![certified PCK](certified_pck.png)", "", "![verification time](verification_time.png)", ""]
-    if sweep is not None:
-        lines += ["## Perturbation size sweep (eps_c = eps_b)", "",
-                  "| network | eps | certified | empirical | time (s) | timeouts |", "| --- | --- | --- | --- | --- | --- |"]
-        for r in sweep.sort_values(["network", "eps"]).itertuples():
-            lines.append(f"| {r.network} | {r.eps:g} | {100 * r.certified_pck:.1f} | {100 * r.empirical_robust_pck:.1f} "
-                         f"| {r.time_mean_s:.3g} | {r.timeouts} |")
-        lines += ["", "![certified PCK vs eps](certified_pck_vs_eps.png)", ""]
+def _test_section(out: pd.DataFrame) -> str:
+    lines = ["", "## On the whole test split (empirical, no verifier)", "",
+             "Clean PCK (%): within δ of the ground truth; robust PCK (%): within δ of the ground truth at every "
+             "point of an 11 × 11 grid of the box (an upper bound of certified accuracy on these images); stable "
+             "PCK (%): within δ of the clean prediction on that grid; fidelity (px): mean keypoint distance to the "
+             "dense network's predictions. Mean ± standard deviation over seeds.", "",
+             "| method | sparsity | δ (px) | clean PCK (%) | robust PCK (%) | stable PCK (%) | fidelity (px) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    first = out[out["backend"] == out["backend"].iloc[0]]
+    for (method, sp, d), g in report_md._order(first.assign(
+            sparsity=pd.to_numeric(first["sparsity"], errors="coerce").fillna(0.0))).groupby(
+            ["method", "sparsity", "delta_px"], sort=False):
+        lines.append(f"| {method} | {sp:g} | {d:g} | {_fmt(g['clean_pck_test_pct'])} | {_fmt(g['robust_pck_test_pct'])} "
+                     f"| {_fmt(g['stable_pck_test_pct'])} | {_fmt(g['fidelity_px'], 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def _sweep_section(sweep: pd.DataFrame, to: Path) -> str:
+    lines = ["", "## Perturbation size sweep (εc = εb)", "",
+             "| network | ε | clean accuracy (%) | certified accuracy (%) | certified stability (%) | median time (s) "
+             "| timeouts (of instances) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sweep.sort_values(["network", "eps"]).to_dict("records"):
+        cells = [report_md._pct(r[c], 0) for c in ("clean_accuracy_pct", "certified_accuracy_pct",
+                                                    "certified_stability_pct")]
+        lines.append(f"| {r['network']} | {r['eps']:g} | " + " | ".join(cells)
+                     + f" | {r['time_median_s']:.2f} | {r['timeouts']} of {r['instances']} |")
+    lines.append("")
+    for png in SWEEP_PLOTS:
+        if (to / png).is_file():
+            lines += [f"![{png}]({png})", ""]
+    return "\n".join(lines)

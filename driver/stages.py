@@ -279,7 +279,7 @@ def stage_report(ctx: Context, sec: ReportSection, _cfg) -> None:
         raise ConfigError("report: no verify run to report on")
     res = report(runs, ctx.stage_dir("report"), sheets=sec.sheets, log=ctx.log, force=True)
     if res["problems"]:
-        raise ConfigError("report: certified PCK above the empirical ceiling: " + "; ".join(res["problems"]))
+        raise ConfigError("report: a certified share above a share it cannot exceed: " + "; ".join(res["problems"]))
 
 
 PIPELINE = [

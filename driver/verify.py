@@ -94,6 +94,7 @@ def run_verify(bench: str | Path, out: str | Path, cfg: VerifyConfig, resume: bo
     backend, timeout, executor = cfg.backend, cfg.timeout, cfg.executor
     options, executor_options = cfg.options, cfg.executor_options
     instances = load_instances(bench, timeout)
+    log(f"verify {bench}: {len(instances)} instances; loading the {backend} backend")  # loading can take seconds
     probe = load_backend(backend, **options)  # unknown backend/profile: fail before creating anything
     probe.check_available()
     run_dir = Path(out)
@@ -137,9 +138,8 @@ def _run_locked(bench, run_dir: Path, cfg: VerifyConfig, resume: bool, log, inst
     finished = store.finished_keys()
     todo = [i for i in instances if i.key not in finished]
     retried = sum(1 for i in todo if i.key in store.rows())
-    log(f"verify {bench} with {probe.name} ({probe.version()}): {len(instances)} instances, "
-        f"{len(instances) - len(todo)} already done, {len(todo)} to run"
-        + (f" ({retried} after an infrastructure error)" if retried else ""))
+    log(f"verify with {probe.name} ({probe.version()}): {len(instances) - len(todo)} already done, "
+        f"{len(todo)} to run" + (f" ({retried} after an infrastructure error)" if retried else ""))
     t0 = time.perf_counter()
     if todo:
         dispatch.execute(cfg.executor, spec, run_dir, todo, workers=cfg.workers, chunk_size=cfg.chunk_size,

@@ -34,11 +34,12 @@ from typing import Callable, Literal
 
 import numpy as np
 import onnx
-from tqdm import tqdm
+
 from usnprune import __version__
 from usnprune.config import require, to_dict
 from usnprune.errors import UsnpruneError
 from usnprune.files import PathError, inside, safe_relative
+from usnprune.progress import bar as progress_bar
 from usnprune.pruner import perturbation
 from usnprune.pruner.data.source import DataSource
 from usnprune.pruner.models import network_name
@@ -67,7 +68,9 @@ class ExportConfig:
     pool: int | None = None  # images exported (default: 2 x images, at most the test split)
     timeout: float = 60.0
     seed: int = 0
-    reference: Literal["gt", "prediction"] = "gt"
+    # gt: certified accuracy; prediction: certified stability; both: one property of each per
+    # keypoint, so one verification yields the headline (accuracy) and stability beside it
+    reference: Literal["gt", "prediction", "both"] = "both"
     gzip: bool = False
     skip_violated: bool = False  # leave out instances already violated at the identity
     split: str = "test"
@@ -255,8 +258,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
     t0 = time.perf_counter()
     try:
         preds, categories, parity = {}, [], []
-        bar = tqdm(total=len(nets) * n_pool, desc="export onnx", unit="model", leave=False,
-                   disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
+        bar = progress_bar(len(nets) * n_pool, "export onnx", unit="model")
         for net in nets:
             name = net.name
             onnx_files, pred = {}, np.zeros((n_pool, k, 2))
@@ -338,6 +340,14 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
     shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
 
 
+_REFERENCE_TEXT = {
+    "gt": "the ground truth (`_gt` files: certified accuracy)",
+    "prediction": "the network's clean prediction (`_pred` files: certified stability)",
+    "both": "the ground truth (`_gt` files: certified accuracy) and, in a second property per keypoint, "
+            "the network's clean prediction (`_pred` files: certified stability)",
+}
+
+
 def _readme(meta: dict, stats: dict) -> str:
     cats = "\n".join(f"| {c['name']} | {c['method']} | {c['sparsity']} | {c['parameters']:,} | `{c['checkpoint_hash']}` |"
                      for c in meta["categories"])
@@ -354,15 +364,15 @@ outputs `Y` = (u0, v0, u1, v1, ...) pixel coordinates of {len(meta['keypoint_nam
 
 Each VNNLIB property: {box}; unsafe (sat) when one keypoint leaves
 the L-inf box of half-width delta ({', '.join(f'{d:g}' for d in meta['deltas'])} px) around its
-reference ({'ground truth' if meta['reference'] == 'gt' else 'the clean prediction'}). `unsat` = certified.
+reference: {_REFERENCE_TEXT[meta['reference']]}. `unsat` = certified.
 
 - instances: {stats['instances']} (timeout {meta['timeout']:g} s each, {stats['total_timeout_s'] / 3600:.2f} h in total)
 - images per network: {meta['images']} chosen by the seed from a pool of {len(next(iter(meta['categories']))['onnx'])}
 - keypoints skipped as not labelled: {stats['skipped_not_labelled']}; left out as violated at the identity: {stats['skipped_violated']}
 
 Regenerate the properties (numpy and onnx only): `python generate_properties.py <seed>`
-(written with seed {meta['seed']}). `manifest.csv` maps each instance to its network, image,
-keypoint, delta, box and reference.
+(written with seed {meta['seed']}). `manifest.csv` maps each property to its network, image,
+keypoint, delta, box and reference (`instance` is its row in instances.csv).
 
 | category | method | sparsity | parameters | checkpoint |
 | --- | --- | --- | --- | --- |

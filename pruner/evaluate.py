@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from usnprune.config import require
+from usnprune.progress import bar as progress_bar
 
 from . import perturbation
 
@@ -74,11 +75,14 @@ def worst_deviation(model: torch.nn.Module, images, refs: np.ndarray, thetas: np
     dev = next(model.parameters()).device
     worst = []
     model.eval()
-    for i in range(0, len(x), per):
-        xb = perturbation.pairs(x[i : i + per], thetas, fam).to(dev)
-        y = model(xb).double().cpu().view(-1, m, refs.shape[1], 2).numpy()
-        d = np.abs(y - refs[i : i + per, None]).max(axis=-1)  # [n, m, K]
-        worst.append(d.max(axis=1))
+    # a large set takes seconds (the demo: 300 images x 121 points, twice): say so at once
+    with progress_bar(len(x), "images x box grid", unit="img", enabled=None if len(x) * m > 20000 else False) as bar:
+        for i in range(0, len(x), per):
+            xb = perturbation.pairs(x[i : i + per], thetas, fam).to(dev)
+            y = model(xb).double().cpu().view(-1, m, refs.shape[1], 2).numpy()
+            d = np.abs(y - refs[i : i + per, None]).max(axis=-1)  # [n, m, K]
+            worst.append(d.max(axis=1))
+            bar.update(len(xb) // m)
     return np.concatenate(worst) if worst else np.zeros((0, refs.shape[1]))
 
 

@@ -9,18 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from usnprune.config import from_dict, require, to_dict
 from usnprune.errors import ConfigError, UsnpruneError
 from usnprune.files import OutputFolder
+from usnprune.progress import bar as progress_bar
 
 from . import perturbation
 from .data.source import DataSource
@@ -180,8 +179,7 @@ def fit(
     box = augment.perturbation if augment else None
     history: list[dict] = []
     step = 0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
-               disable=os.environ.get("USNPRUNE_NO_PROGRESS") == "1")
+    bar = progress_bar(total, desc, unit="step")
     for epoch in range(optim.epochs):
         perm = torch.randperm(n, generator=generator)
         sums = {"loss": 0.0, "task": 0.0, "extra": 0.0}

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Real inputs, made once: data (10 keypoints), a tiny checkpoint, a benchmark of 10
-    instances, a finished run, and variants of each broken in one way."""
+    """Real inputs, made once: data (10 keypoints), a tiny checkpoint, a benchmark of 20
+    instances (both references of 10 keypoints), a finished run, and variants of each broken in one way."""
     import onnx
     from onnx import numpy_helper
 
@@ -287,8 +287,8 @@ CASES = [
     ("run_lr_inf", ["run", "{cfg}"], "optim.lr: expected a finite number"),
     ("run_missing", ["run", "{w}/nosuch.yaml"], "no such config file"),
     ("run_only", ["run", "{cfg:run_unknown_key}", "--only", "nosuch"], "unknown key trian"),
-    # no subcommand, bad flag
-    ("no_command", [], "the following arguments are required"),
+    # an unknown subcommand, a bad flag (a bare `usnprune` is no error: it prints its help)
+    ("unknown_subcommand", ["data", "nosuch"], "invalid choice: 'nosuch'"),
     ("bad_flag", ["verify", "{w}/bench", "--out", "{out}", "--wrokers", "2"], "unrecognized arguments"),
 ]
 
@@ -429,11 +429,12 @@ def test_full_disk_verify_then_resume_with_room(world, small_disk, capsys):
     from usnprune.driver.store import ResultStore
 
     kept = ResultStore(run).rows()
-    assert len(kept) < 10 and not (run / "instances.csv").exists()
+    n = len((world / "bench" / "instances.csv").read_text().splitlines())  # 20: both references of 10 keypoints
+    assert len(kept) < n and not (run / "instances.csv").exists()
     subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
     assert main(["verify", str(world / "bench"), "--out", str(run), "--executor", "serial", "--resume"]) == 0
     rows = ResultStore(run).rows()
-    assert len(rows) == 10 and all(rows[k]["finished_at"] == r["finished_at"] for k, r in kept.items())
+    assert len(rows) == n and all(rows[k]["finished_at"] == r["finished_at"] for k, r in kept.items())
 
 
 def test_full_disk_report(world, small_disk, capsys):

@@ -12,10 +12,16 @@ network), and everything else comes from files this folder holds:
 * ``properties.npz``  -- for every pool image: ground-truth keypoints, COCO flags, and each
   network's clean prediction (the onnxruntime output at the identity (c, b) = (1, 0)).
 
-A property per (network, image, keypoint, delta): the input box is the family's box over
-its k parameters (k = 2, (c, b), for brightness_contrast); the
-asserted output region is the unsafe set, the keypoint leaving the closed L-inf box of
-half-width delta pixels around its reference (ground truth, or the clean prediction).
+A property per (network, image, keypoint, delta, reference): the input box is the family's box
+over its k parameters (k = 2, (c, b), for brightness_contrast); the asserted output region is
+the unsafe set, the keypoint leaving the closed L-inf box of half-width delta pixels around its
+reference. Reference ``gt`` (the ground truth: certified accuracy), ``prediction`` (the
+network's clean prediction: certified stability), or ``both`` (one property of each per
+keypoint, so one verification run yields both).
+
+manifest.csv has one row per property. A property left out with ``skip_violated`` (already
+violated at the identity, so falsified without running a verifier) keeps its row with an
+empty ``instance`` and ``vnnlib``: a report still counts the keypoint in its base.
 """
 
 import csv
@@ -26,6 +32,8 @@ import sys
 import numpy as np
 
 VNNCOMP_TOTAL_TIMEOUT = 6 * 3600  # seconds: VNN-COMP's limit for one benchmark
+REFERENCES = {"gt": ["gt"], "prediction": ["prediction"], "both": ["gt", "prediction"]}
+FILE_TAG = {"gt": "gt", "prediction": "pred"}  # in the VNNLIB file name
 
 
 def _num(v):
@@ -96,7 +104,10 @@ def generate(folder, seed):
     gt, flags = data["ground_truth"], data["flags"]
     names = meta["keypoint_names"]
     lower, upper = meta["input_lower"], meta["input_upper"]
-    deltas, timeout, reference = meta["deltas"], float(meta["timeout"]), meta["reference"]
+    deltas, timeout = meta["deltas"], float(meta["timeout"])
+    if meta["reference"] not in REFERENCES:
+        raise ValueError("benchmark.json: reference must be one of %s, got %r" % (", ".join(REFERENCES), meta["reference"]))
+    references = REFERENCES[meta["reference"]]
     gz = bool(meta.get("gzip", False))
     family = meta.get("family", DEFAULT_FAMILY)
     input_names = None if family == DEFAULT_FAMILY else meta["input_names"]
@@ -115,36 +126,41 @@ def generate(folder, seed):
                 if flags[p, k] < meta.get("min_flag", 1):
                     skipped_invisible += 1
                     continue
-                ref = gt[p, k] if reference == "gt" else pred[p, k]
                 err = float(np.max(np.abs(pred[p, k] - gt[p, k])))
                 for d in deltas:
-                    violated = bool(np.max(np.abs(pred[p, k] - ref)) >= d)
-                    if violated and meta.get("skip_violated", False):
-                        skipped_violated += 1
-                        continue
-                    rel = "vnnlib/%s/img%d_kp%02d_%s_d%s.vnnlib" % (cat["name"], image_id, k, kname, _num(d))
-                    rel += ".gz" if gz else ""
-                    comments = [
-                        "usnprune keypoint property (generate_properties.py seed %d)" % seed,
-                        "network: %s  checkpoint: %s  image: %d  keypoint: %s (%d)" % (cat["name"], cat.get("checkpoint_hash", "?"), image_id, kname, k),
-                        "reference: %s (%s, %s)  delta: %s px  eps_c: %s  eps_b: %s" % (reference, _num(ref[0]), _num(ref[1]), _num(d), _num(meta["eps_c"]), _num(meta["eps_b"]))
-                        + ("" if input_names is None else "  family: %s" % family),
-                        "toolkit: usnprune %s" % meta.get("toolkit_version", "?"),
-                    ]
-                    _write(os.path.join(folder, rel), format_property(n_out, k, ref, d, lower, upper, comments, input_names), gz)
-                    instances.append((onnx_rel, rel, timeout))
-                    manifest.append({
-                        "instance": len(instances) - 1, "onnx": onnx_rel, "vnnlib": rel, "category": cat["name"],
-                        "network": cat["network"], "checkpoint_hash": cat.get("checkpoint_hash", ""),
-                        "method": cat.get("method", ""), "sparsity": cat.get("sparsity", ""),
-                        "seed": cat.get("seed", ""), "parameters": cat.get("parameters", ""),
-                        "image_id": image_id, "keypoint": k, "keypoint_name": kname, "delta": d,
-                        "eps_c": meta["eps_c"], "eps_b": meta["eps_b"], "family": family, "reference": reference,
-                        "ref_u": float(ref[0]), "ref_v": float(ref[1]),
-                        "gt_u": float(gt[p, k, 0]), "gt_v": float(gt[p, k, 1]),
-                        "pred_u": float(pred[p, k, 0]), "pred_v": float(pred[p, k, 1]),
-                        "clean_error_px": err, "violated_at_identity": violated, "timeout": timeout,
-                    })
+                    for reference in references:
+                        ref = gt[p, k] if reference == "gt" else pred[p, k]
+                        violated = bool(np.max(np.abs(pred[p, k] - ref)) >= d)
+                        row = {
+                            "instance": "", "onnx": onnx_rel, "vnnlib": "", "category": cat["name"],
+                            "network": cat["network"], "checkpoint_hash": cat.get("checkpoint_hash", ""),
+                            "method": cat.get("method", ""), "sparsity": cat.get("sparsity", ""),
+                            "seed": cat.get("seed", ""), "parameters": cat.get("parameters", ""),
+                            "image_id": image_id, "keypoint": k, "keypoint_name": kname, "delta": d,
+                            "eps_c": meta["eps_c"], "eps_b": meta["eps_b"], "family": family, "reference": reference,
+                            "ref_u": float(ref[0]), "ref_v": float(ref[1]),
+                            "gt_u": float(gt[p, k, 0]), "gt_v": float(gt[p, k, 1]),
+                            "pred_u": float(pred[p, k, 0]), "pred_v": float(pred[p, k, 1]),
+                            "clean_error_px": err, "violated_at_identity": violated, "timeout": timeout,
+                        }
+                        if violated and meta.get("skip_violated", False):
+                            skipped_violated += 1
+                            manifest.append(row)  # no instance, but the keypoint stays in the base
+                            continue
+                        rel = "vnnlib/%s/img%d_kp%02d_%s_d%s_%s.vnnlib" % (
+                            cat["name"], image_id, k, kname, _num(d), FILE_TAG[reference])
+                        rel += ".gz" if gz else ""
+                        comments = [
+                            "usnprune keypoint property (generate_properties.py seed %d)" % seed,
+                            "network: %s  checkpoint: %s  image: %d  keypoint: %s (%d)" % (cat["name"], cat.get("checkpoint_hash", "?"), image_id, kname, k),
+                            "reference: %s (%s, %s)  delta: %s px  eps_c: %s  eps_b: %s" % (reference, _num(ref[0]), _num(ref[1]), _num(d), _num(meta["eps_c"]), _num(meta["eps_b"]))
+                            + ("" if input_names is None else "  family: %s" % family),
+                            "toolkit: usnprune %s" % meta.get("toolkit_version", "?"),
+                        ]
+                        _write(os.path.join(folder, rel), format_property(n_out, k, ref, d, lower, upper, comments, input_names), gz)
+                        instances.append((onnx_rel, rel, timeout))
+                        row.update({"instance": len(instances) - 1, "vnnlib": rel})
+                        manifest.append(row)
     _write_csv(os.path.join(folder, "instances.csv"), None, [list(r) for r in instances])
     fields = list(manifest[0].keys()) if manifest else ["instance"]
     _write_csv(os.path.join(folder, "manifest.csv"), fields, [[m[k] for k in fields] for m in manifest])

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from usnprune.config import to_dict
 from usnprune.errors import ConfigError, DataError
 from usnprune.files import MANIFEST as FILES_MANIFEST
 from usnprune.files import OutputFolder, atomic_write_text
+from usnprune.progress import bar as progress_bar
 
 from .aircraft import (
     CATEGORY,
@@ -155,7 +154,7 @@ def generate(
 
     A non-empty ``out_dir`` is refused unless ``force``; then an earlier dataset is replaced
     (its images this one does not write are removed) and a file usnprune did not write is
-    never replaced or removed (usnprune.files.OutputFolder). ``progress``: show a tqdm bar on
+    never replaced or removed (usnprune.files.OutputFolder). ``progress``: show progress on
     stderr (default: for more than 200 images).
     """
     _check_args(n_train, n_test, seed, size, channels=channels)
@@ -177,7 +176,7 @@ def generate(
     # written into a staging folder and moved into place at the end: a full disk or a kill
     # leaves the folder as it was, never a partial dataset (usnprune.files.OutputFolder)
     with folder.staging(_dataset_files(counts), remove_stale=True) as stage, \
-            tqdm(total=total, desc="synthetic images", unit="img", file=sys.stderr, disable=not show, leave=False) as bar:
+            progress_bar(total, "synthetic images", unit="img", enabled=show) as bar:
         stage.path(MANIFEST).write_text(
             json.dumps({**info, "n_train": counts["train"], "n_test": counts["test"]}, indent=2) + "\n")
         for split in SPLITS:

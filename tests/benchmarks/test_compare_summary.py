@@ -18,8 +18,8 @@ def run(a: Path, b: Path) -> subprocess.CompletedProcess:
 def test_identical_summary_reproduces():
     r = run(PUBLISHED, PUBLISHED)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "certified_pck          max |difference| 0;" in r.stdout
-    assert "within the published mean ± std: 22 of 22" in r.stdout
+    assert "certified_stability_pct  max |difference| 0;" in r.stdout
+    assert "certified stability within the published mean ± std: 22 of 22" in r.stdout
 
 
 def test_a_mean_outside_its_spread_or_a_missing_row_fails(tmp_path):

@@ -36,10 +36,13 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     out = run_experiment(exp, log=logs.append)
     summary = pd.read_csv(out / "report" / "summary.csv")
     assert set(summary["network"]) == {"dense-seed0", "random-0.5-seed0", "usn_w-0.5-seed0"}
-    assert (summary["certified_pck"] <= summary["empirical_robust_pck"]).all()
+    assert (summary["certified_accuracy_pct"] <= summary[["clean_accuracy_pct", "empirical_accuracy_pct"]].min(axis=1)).all()
+    assert (summary["certified_stability_pct"] <= summary["empirical_stability_pct"]).all()
+    assert "**certified accuracy (%)**" in (out / "report" / "report.md").read_text()
     pruned = json.loads((out / "prune" / "usn_w-0.5-seed0" / "report.json").read_text())
     assert pruned["units_after"] == round(pruned["units_before"] * 0.5)
-    for f in ("certified_pck.png", "verification_time.png", "keypoints.csv", "sheets/dense-seed0.png"):
+    for f in ("certified_accuracy.png", "certified_stability.png", "verification_time.png", "keypoints.csv",
+              "report.md", "sheets/dense-seed0.png"):
         assert (out / "report" / f).is_file()
     # a second run does nothing: every stage is up to date
     logs.clear()

@@ -108,8 +108,30 @@ def test_gzip_and_skip_violated(small_checkpoint, synth_data, tmp_path):
     rows = _instances(out)
     assert rows and all(r[1].endswith(".vnnlib.gz") for r in rows)
     man = pd.read_csv(out / "manifest.csv")
-    assert not man["violated_at_identity"].any()
+    listed = man[man["instance"].notna()]
+    assert len(listed) == len(rows) and not listed["violated_at_identity"].any()
     assert stats["skipped_violated"] > 0  # a briefly trained net misses 1.5 px on some keypoints
+    # a left-out property keeps its manifest row (the keypoint stays in the report's base), without a file
+    left_out = man[man["instance"].isna()]
+    assert len(left_out) == stats["skipped_violated"]
+    assert left_out["violated_at_identity"].all() and left_out["vnnlib"].isna().all()
+    assert (left_out["reference"] == "gt").all()  # the clean prediction is never violated by itself
+
+
+def test_reference_both_writes_an_accuracy_and_a_stability_property_per_keypoint(small_checkpoint, synth_data, tmp_path):
+    out = tmp_path / "both"
+    export_benchmark(ExportConfig(checkpoints=[str(small_checkpoint)], data=str(synth_data), out=str(out),
+                                  deltas=[0.5], images=2, timeout=3), log=lambda s: None)  # the default: both
+    man = pd.read_csv(out / "manifest.csv")
+    assert len(man) == len(_instances(out))
+    per_keypoint = man.groupby(["network", "image_id", "keypoint", "delta"])["reference"].apply(sorted)
+    assert per_keypoint.map(lambda refs: refs == ["gt", "prediction"]).all()
+    gt, pred = man[man["reference"] == "gt"], man[man["reference"] == "prediction"]
+    assert gt["vnnlib"].str.endswith("_gt.vnnlib").all() and pred["vnnlib"].str.endswith("_pred.vnnlib").all()
+    assert ((gt["ref_u"] == gt["gt_u"]) & (gt["ref_v"] == gt["gt_v"])).all()
+    assert ((pred["ref_u"] == pred["pred_u"]) & (pred["ref_v"] == pred["pred_v"])).all()
+    assert not pred["violated_at_identity"].any()
+    assert "certified accuracy" in (out / "README.md").read_text()
 
 
 def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_files(small_checkpoint, synth_data, tmp_path):
@@ -126,8 +148,8 @@ def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_file
     cfg.deltas = [1.0]
     export_benchmark(cfg, log=lambda s: None)
     assert (out / "notes.txt").read_text() == "mine"
-    assert all("_d1.0.vnnlib" in r[1] for r in _instances(out))
-    assert not list(out.rglob("*_d2.0.vnnlib"))
+    assert all("_d1.0_" in r[1] for r in _instances(out))
+    assert not list(out.rglob("*_d0.5_*.vnnlib"))
     assert not list(tmp_path.glob(".bench.partial-*"))
 
 
