@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import math
 import sys
-from pathlib import Path
 
 from usnprune import __version__
-from usnprune.config import default_of, from_dict, load_yaml
-from usnprune.errors import ConfigError, UsnpruneError
-from usnprune.files import atomic_write
-from usnprune.system import progress_enabled
+from usnprune.config import default_of
+from usnprune.errors import UsnpruneError
+
+from . import commands
 
 EXIT_USER_ERROR = 2
 
@@ -56,235 +54,6 @@ def _count(name: str, minimum: int = 1):
         return v
 
     return conv
-
-
-def _box(args):
-    """The box from --eps-contrast/--eps-brightness; an error names the flag."""
-    from usnprune.pruner.perturbation import Box, family
-
-    family(args.family, "--family")
-    try:
-        return Box.make(args.eps_contrast, args.eps_brightness, args.family, where="box")
-    except ConfigError as e:
-        msg = str(e).replace("box.eps_c:", f"--eps-contrast {args.eps_contrast}:")
-        raise ConfigError(msg.replace("box.eps_b:", f"--eps-brightness {args.eps_brightness}:")) from None
-
-
-def _files(annotations, image_dir, flag: str) -> dict | None:
-    if annotations is None and image_dir is None:
-        return None
-    if annotations is None or image_dir is None:
-        raise ConfigError(f"--{flag}annotations and --{flag}image-dir go together (give both)")
-    return {"annotations": annotations, "image_dir": image_dir}
-
-
-def _data(args, split: str | None = None):
-    """The data a command reads: ``--data DIR`` or ``--annotations FILE --image-dir DIR``
-    (``split``: the split those files are, for commands that read one), plus
-    ``--category``; None when the command line names none (a config file's data stays)."""
-    files = _files(args.annotations, args.image_dir, "")
-    test = _files(getattr(args, "test_annotations", None), getattr(args, "test_image_dir", None), "test-")
-    if files is not None and getattr(args, "data", None):
-        raise ConfigError("give either --data DIR or --annotations FILE --image-dir DIR, not both")
-    if test is not None and files is None:
-        raise ConfigError("--test-annotations needs --annotations and --image-dir (the training files)")
-    if files is None:
-        if getattr(args, "data", None) is None:
-            return None
-        return args.data if args.coco_category is None else {"folder": args.data, "category": args.coco_category}
-    src = {split or "train": files, "category": args.coco_category}
-    if test is not None:
-        src["test"] = test
-    return src
-
-
-def _split(args) -> tuple[object, str]:
-    """(data, split) for a command that reads one split (eval, export)."""
-    data = _data(args, "test")
-    if data is None:
-        raise ConfigError("give the data: --data DIR, or --annotations FILE.json --image-dir DIR")
-    from usnprune.pruner.data.source import DataSource
-
-    if isinstance(data, dict) and "folder" not in data:
-        if args.split is not None:
-            raise ConfigError("--split picks a split of a --data folder; with --annotations the file is the data")
-        return from_dict(DataSource, data, "--annotations"), "test"
-    if isinstance(data, dict):
-        data = from_dict(DataSource, data, "--data")
-    return data, args.split or "test"
-
-
-# ---- commands -----------------------------------------------------------------------
-
-
-def cmd_data_synth(args) -> int:
-    from usnprune.pruner.data.synthetic import generate
-
-    out = generate(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, size=args.size,
-                   channels=args.channels, force=args.force, progress=None if progress_enabled() else False)
-    print(f"wrote a synthetic COCO-keypoints dataset to {out}")
-    return 0
-
-
-def cmd_train(args) -> int:
-    from usnprune.pruner.models import CHECKPOINT_NAME
-    from usnprune.pruner.train import TrainConfig, train
-
-    raw = load_yaml(args.config)
-    data = _data(args)
-    if data is not None:
-        raw["data"] = data
-    if args.out:
-        raw["out"] = args.out
-    cfg = from_dict(TrainConfig, raw, where=str(args.config))
-    if args.family is not None:
-        from usnprune.pruner.perturbation import Box, family
-
-        family(args.family, "--family")
-        aug = cfg.augment.perturbation
-        cfg.augment.perturbation = Box.make(aug.eps_c, aug.eps_b, args.family, where="--family")
-    metrics = train(cfg, force=args.force)
-    print(json.dumps(metrics, indent=2))
-    print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}")
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from usnprune.pruner.data.source import load
-    from usnprune.pruner.evaluate import EvalConfig, evaluate, metrics_table
-    from usnprune.pruner.models import load_checkpoint
-    from usnprune.pruner.prune import check_keypoints
-
-    data, split = _split(args)
-    cfg = EvalConfig(perturbation=_box(args), deltas=args.delta, grid=args.grid, split=split)
-    cfg.check("eval")
-    out = Path(args.out) if args.out else None
-    if out is not None:  # before the work: the table goes to one file the user named
-        if out.is_dir():
-            raise ConfigError(f"--out {out}: is a folder; name the CSV file to write")
-        if out.exists() and not args.force:
-            raise ConfigError(f"--out {out}: exists; pass --force to replace it")
-        if out.resolve() in (Path(args.checkpoint).resolve(),):
-            raise ConfigError(f"--out {out}: is the checkpoint; choose another file")
-    model, meta = load_checkpoint(args.checkpoint)
-    cfg.perturbation.fam.check_channels(model.arch.in_channels, "--family")
-    ds = load(data, cfg.split, model.arch.input_size, model.arch.in_channels)
-    check_keypoints(model, ds, args.checkpoint, args.data or args.annotations)
-    res = evaluate(model, ds, deltas=cfg.deltas, box=cfg.perturbation, grid=cfg.grid)
-    df = metrics_table(res, {"checkpoint": str(args.checkpoint)})
-    if out is not None:
-        atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))
-        print(f"wrote {out}")
-    overall = res["overall"]
-    print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in overall.items()))
-    return 0
-
-
-def cmd_prune(args) -> int:
-    from usnprune.pruner.models import CHECKPOINT_NAME
-    from usnprune.pruner.prune import analyze, load_prune_config
-
-    cfg = load_prune_config(args.config, checkpoint=args.checkpoint, data=_data(args), out=args.out,
-                            method=args.method, sparsity=args.sparsity, seed=args.seed, family=args.family)
-    if args.analyze_only:
-        # its own folder: the analysis describes the checkpoint, not a pruned network
-        out = Path(args.out) if args.out else Path(f"{cfg.out.rstrip('/')}-analysis")
-        rows = analyze(cfg.checkpoint, cfg.data, str(out), cfg.perturbation, cfg.calibration.images,
-                       cfg.calibration.perturbations, cfg.seed, force=args.force)
-        for r in rows:
-            print(f"{r['layer']:>6}: {r['units']:4d} units, mean USN {r['mean_usn']:.3f}, "
-                  f"unstable {r['unstable_share']:.1%}, looseness share {r['looseness_share']:.1%}")
-        print(f"wrote {out / 'analysis.csv'} and {out / 'analysis.png'}")
-        return 0
-    from usnprune.pruner.prune import prune
-
-    prune(cfg, force=args.force)
-    print(f"checkpoint: {Path(cfg.out) / CHECKPOINT_NAME}; report: {Path(cfg.out) / 'report.json'}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from usnprune.export.benchmark import ExportConfig, export_benchmark
-
-    if not args.checkpoint and not args.onnx:
-        raise ConfigError("give the networks: --checkpoint MODEL.pt ... and/or --onnx MODEL.onnx ...")
-    if args.onnx_normalized and not args.onnx:
-        raise ConfigError("--onnx-normalized describes --onnx models; give --onnx MODEL.onnx")
-    data, split = _split(args)
-    cfg = ExportConfig(
-        checkpoints=args.checkpoint or [], onnx=args.onnx or [], onnx_normalized=args.onnx_normalized,
-        builtin_check=not args.no_builtin_check, categories=args.category, data=data, out=args.out,
-        perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
-        timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
-        skip_violated=args.skip_violated, split=split, force=args.force)
-    try:
-        cfg.check("export")
-    except ConfigError as e:  # name the flag the user typed
-        msg = str(e)
-        for key, flag in EXPORT_FLAGS.items():
-            msg = msg.replace(f"export.{key}:", f"{flag}:")
-        raise ConfigError(msg) from None
-    export_benchmark(cfg)
-    return 0
-
-
-EXPORT_FLAGS = {"categories": "--category", "deltas": "--delta", "delta": "--delta", "images": "--images",
-                "pool": "--pool", "timeout": "--timeout", "checkpoints": "--checkpoint"}
-
-
-def _parse_options(items: list[str] | None, flag: str = "--option") -> dict:
-    """KEY=VALUE pairs (values parsed as YAML scalars) for backend/executor options."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        if not k.strip():
-            raise ConfigError(f"{flag} {item!r}: the key is empty (expected KEY=VALUE)")
-        try:
-            value = yaml.safe_load(v)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{flag} {item!r}: the value is not a YAML scalar ({getattr(e, 'problem', e)})") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{flag} {item!r}: the value must be finite")
-        out[k.strip()] = value
-    return out
-
-
-def cmd_verify(args) -> int:
-    from .verify import VerifyConfig, run_verify
-
-    executor_options = _parse_options(args.sbatch, "--sbatch")
-    for key in ("partition", "time_min", "gpus_per_task", "cpus_per_task", "account", "mem_gb"):
-        val = getattr(args, key, None)
-        if val is not None:
-            executor_options[key] = val
-    cfg = VerifyConfig(backend=args.backend, workers=args.workers, timeout=args.timeout, executor=args.executor,
-                       chunk_size=args.chunk_size, options=_parse_options(args.option),
-                       executor_options=executor_options)
-    cfg.check("verify")
-    res = run_verify(args.bench, args.out, cfg, resume=args.resume)
-    if args.cross_check:
-        from .verify import cross_check
-
-        cross_check(args.bench, args.out, args.cross_check, timeout=args.timeout)
-    return 1 if res["alarms"] or res["missing"] else 0  # missing: e.g. failed Slurm tasks; --resume
-
-
-def cmd_report(args) -> int:
-    from .report import report
-
-    res = report(args.runs, args.out, sheets=not args.no_sheets, force=args.force)
-    return 1 if res["problems"] else 0
-
-
-def cmd_run(args) -> int:
-    from .experiment import run_experiment
-
-    run_experiment(args.experiment, force=args.force, only=args.only)
-    return 0
 
 
 # ---- parser -------------------------------------------------------------------------
@@ -357,7 +126,7 @@ def _data_args(d: argparse.ArgumentParser) -> None:
     s.add_argument("--channels", type=int, choices=[1, 3], default=default_of(SynthConfig, "channels"),
                    help="1: grayscale, 3: RGB")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder (replacing only what usnprune wrote)")
-    s.set_defaults(func=cmd_data_synth)
+    s.set_defaults(func=commands.cmd_data_synth)
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
@@ -368,7 +137,7 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", help="output folder, overriding the config's out")
     t.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
     t.add_argument("--family", help="override the augmentation's lighting family")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=commands.cmd_train)
 
 
 def _eval_args(e: argparse.ArgumentParser) -> None:
@@ -385,7 +154,7 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
                    help="grid points per axis of the box")
     e.add_argument("--out", help="CSV file for the per-keypoint table (default: print the overall figures only)")
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
-    e.set_defaults(func=cmd_eval)
+    e.set_defaults(func=commands.cmd_eval)
 
 
 def _prune_args(pr: argparse.ArgumentParser) -> None:
@@ -405,7 +174,7 @@ def _prune_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--analyze-only", action="store_true",
                     help="only write the per-layer USN / stability analysis of the checkpoint (analysis.csv, analysis.png)")
     pr.add_argument("--force", action="store_true", help="replace what an earlier usnprune command wrote in the output folder")
-    pr.set_defaults(func=cmd_prune)
+    pr.set_defaults(func=commands.cmd_prune)
 
 
 def _export_args(ex: argparse.ArgumentParser) -> None:
@@ -444,7 +213,7 @@ def _export_args(ex: argparse.ArgumentParser) -> None:
                     help="leave out properties already violated at the identity (reports count them as falsified)")
     ex.add_argument("--force", action="store_true",
                     help="write into an existing folder (replacing only what an earlier export wrote)")
-    ex.set_defaults(func=cmd_export)
+    ex.set_defaults(func=commands.cmd_export)
 
 
 def _verify_args(v: argparse.ArgumentParser) -> None:
@@ -473,7 +242,7 @@ def _verify_args(v: argparse.ArgumentParser) -> None:
     sl.add_argument("--mem-gb", type=_count("--mem-gb"), dest="mem_gb", help="memory per array task, GB")
     sl.add_argument("--account", help="Slurm account")
     sl.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
-    v.set_defaults(func=cmd_verify)
+    v.set_defaults(func=commands.cmd_verify)
 
 
 def _report_args(rp: argparse.ArgumentParser) -> None:
@@ -481,14 +250,14 @@ def _report_args(rp: argparse.ArgumentParser) -> None:
     rp.add_argument("--out", required=True, help="output folder: report.md, summary.csv, keypoints.csv, plots, sheets/")
     rp.add_argument("--no-sheets", action="store_true", help="skip the per-network contact sheets")
     rp.add_argument("--force", action="store_true", help="replace what an earlier report wrote in the output folder")
-    rp.set_defaults(func=cmd_report)
+    rp.set_defaults(func=commands.cmd_report)
 
 
 def _run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("experiment", help="experiment YAML (benchmarks/demo.yaml; keys in docs/cli.md)")
     r.add_argument("--force", action="store_true", help="redo stages whose configuration changed")
     r.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=commands.cmd_run)
 
 
 COMMANDS = {  # name -> (one line, what it does at more length, argument builder)
