@@ -33,7 +33,7 @@ from pathlib import Path
 from usnprune.verifier_specs.base import Instance, Verdict, backend_from_profile
 
 from usnprune.errors import UsnpruneError
-from usnprune.process import die_with_parent
+from usnprune.process import call_dying_with_parent, die_with_parent
 from usnprune.system import THREADS_ENV, usable_cores
 
 from .progress import Progress
@@ -147,8 +147,11 @@ def run_local(spec, run_dir: Path, instances: list[Instance], workers: int, chun
         task_r, task_w = ctx.Pipe(duplex=False)
         res_r, res_w = ctx.Pipe(duplex=False)
         gpu = gpus[wid % len(gpus)] if gpus else None
-        p = ctx.Process(target=_worker_main, args=(wid, spec_dict, str(run_dir), task_r, res_w, gpu, threads,
-                                                   os.getpid()), daemon=True)
+        # through the light trampoline: the worker dies with this process even while it is
+        # still importing its verifier (call_dying_with_parent)
+        p = ctx.Process(target=call_dying_with_parent,
+                        args=(os.getpid(), f"{__name__}:_worker_main", wid, spec_dict, str(run_dir), task_r, res_w,
+                              gpu, threads, os.getpid()), daemon=True)
         p.start()
         task_r.close()  # the worker's ends live in the worker now
         res_w.close()

@@ -52,6 +52,19 @@ def die_with_parent(parent_pid: int | None) -> bool:
     return ok
 
 
+def call_dying_with_parent(parent_pid: int, target: str, *args) -> None:
+    """Entry point of a spawned child: :func:`die_with_parent` first, then import and call
+    ``target`` ("module:function"). A spawned child imports its target's module before it
+    runs a line of it; a heavy module (a verifier's, importing PyTorch) takes seconds on a
+    loaded machine, and a parent killed in that window would leave the child alive until the
+    import ends. This module is light, so the window shrinks to Python's own start-up."""
+    die_with_parent(parent_pid)
+    import importlib
+
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)(*args)
+
+
 def _preexec() -> Callable[[], None] | None:
     """A preexec function making the child die with the process that starts it (Linux);
     run in the child between fork and exec."""
