@@ -211,6 +211,8 @@ def _export_args(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("--gzip", action="store_true", help="write .vnnlib.gz")
     ex.add_argument("--skip-violated", action="store_true",
                     help="leave out properties already violated at the identity (reports count them as falsified)")
+    ex.add_argument("--vnnlib-version", choices=["1", "2", "both"], default=default_of(ExportConfig, "vnnlib_version"),
+                    help="VNN-LIB versions written, as VNN-COMP 2026 folders 1.0/ and 2.0/ (default both)")
     ex.add_argument("--force", action="store_true",
                     help="write into an existing folder (replacing only what an earlier export wrote)")
     ex.set_defaults(func=commands.cmd_export)
@@ -220,7 +222,8 @@ def _verify_args(v: argparse.ArgumentParser) -> None:
     from .dispatch import EXECUTORS
     from .verify import VerifyConfig
 
-    v.add_argument("bench", help="benchmark folder (instances.csv, onnx/, vnnlib/)")
+    v.add_argument("bench", help="benchmark folder: 1.0/ and 2.0/ (VNN-COMP 2026), or one of them, or flat "
+                                 "(instances.csv, onnx/, vnnlib/)")
     v.add_argument("--backend", default=default_of(VerifyConfig, "backend"),
                    help="verifier profile name or profile YAML (builtin, abcrown, abcrown-gpu, onnxsim, marabou, ...)")
     v.add_argument("--out", required=True, help="run folder")

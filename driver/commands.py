@@ -172,7 +172,7 @@ def cmd_export(args) -> int:
         builtin_check=not args.no_builtin_check, categories=args.category, data=data, out=args.out,
         perturbation=_box(args), deltas=args.delta, images=args.images, pool=args.pool,
         timeout=args.timeout, seed=args.seed, reference=args.reference, gzip=args.gzip,
-        skip_violated=args.skip_violated, split=split, force=args.force)
+        skip_violated=args.skip_violated, split=split, vnnlib_version=args.vnnlib_version, force=args.force)
     try:
         cfg.check("export")
     except ConfigError as e:  # name the flag the user typed

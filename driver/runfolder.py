@@ -14,6 +14,11 @@ Run folder::
 This is the bottom layer of verification: it reads a benchmark folder's instances.csv and
 manifest.csv, creates or reopens a run folder, and turns a verdict into a result row.
 
+A benchmark folder is laid out as VNN-COMP 2026 does (``1.0/`` and ``2.0/``, each with its
+instances.csv, onnx/ and vnnlib/; either alone), or flat as before (instances.csv at the
+top). Of the version folders, the newest one the backend reads runs; every row records the
+VNN-LIB version of its query.
+
 A run is bound to what it verified: ``--resume`` refuses when anything in the fingerprint
 or the resolved backend profile differs from run.json, naming what changed, so a row can
 never describe a file other than the one it was computed on.
@@ -34,6 +39,7 @@ from pathlib import Path
 from usnprune import __version__
 from usnprune.errors import ConfigError, UsnpruneError
 from usnprune.export.benchmark import benchmark_family
+from usnprune.export.vnnlib import VERSIONS, file_version
 from usnprune.files import PathError, atomic_write, atomic_write_text, hash_file, safe_relative
 from usnprune.verifier_specs.base import Instance, Verdict
 
@@ -42,9 +48,9 @@ from .store import CAUSE_INFRASTRUCTURE, CAUSE_INSTANCE, ResultStore, row_key
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 COLUMNS = [
-    "run_id", "backend", "backend_version", "onnx", "vnnlib", "category", "network", "method", "sparsity", "seed",
-    "parameters", "image", "keypoint", "keypoint_name", "delta", "eps_c", "eps_b", "family", "reference", "verdict", "time",
-    "check_time", "cex_c", "cex_b", "cex", "sample_violated", "error_cause", "message",
+    "run_id", "backend", "backend_version", "onnx", "vnnlib", "vnnlib_version", "category", "network", "method", "sparsity",
+    "seed", "parameters", "image", "keypoint", "keypoint_name", "delta", "eps_c", "eps_b", "family", "reference", "verdict",
+    "time", "check_time", "cex_c", "cex_b", "cex", "sample_violated", "error_cause", "message",
 ]
 FINGERPRINTED = ("instances.csv", "benchmark.json", "manifest.csv")  # beside every ONNX and VNNLIB file
 
@@ -57,14 +63,32 @@ class BenchmarkError(UsnpruneError):
 # ---- the benchmark ------------------------------------------------------------------
 
 
-def load_instances(bench: str | Path, timeout: float | None = None) -> list[Instance]:
-    """Rows of ``bench/instances.csv`` (``onnx,vnnlib,timeout``, no header)."""
+def benchmark_root(bench: str | Path, versions: tuple[str, ...] = VERSIONS) -> tuple[Path, str | None]:
+    """The folder whose instances.csv runs, and the VNN-LIB version of its queries (None:
+    a flat folder, read per file). Of the version folders present, the newest in
+    ``versions`` (what the backend reads) is chosen."""
     root = Path(bench)
     if not root.is_dir():
         raise BenchmarkError(f"{root}: no such benchmark folder")
+    present = [v for v in VERSIONS if (root / v / "instances.csv").is_file()]
+    if present:
+        usable = [v for v in present if v in versions]
+        if not usable:
+            raise BenchmarkError(f"{root}: holds VNN-LIB {' and '.join(present)} queries, and this backend reads "
+                                 f"only {' and '.join(versions)}")
+        return root / usable[-1], usable[-1]
+    if not (root / "instances.csv").is_file():
+        raise BenchmarkError(f"{root}: no instances.csv, 1.0/instances.csv or 2.0/instances.csv "
+                             "(not a VNN-COMP benchmark folder)")
+    return root, None
+
+
+def load_instances(bench: str | Path, timeout: float | None = None,
+                   versions: tuple[str, ...] = VERSIONS) -> list[Instance]:
+    """Rows of the benchmark's instances.csv (``onnx,vnnlib,timeout``, no header), in the
+    version folder :func:`benchmark_root` chooses for a backend reading ``versions``."""
+    root, version = benchmark_root(bench, versions)
     path = root / "instances.csv"
-    if not path.is_file():
-        raise BenchmarkError(f"{root}: no instances.csv (not a VNN-COMP benchmark folder)")
     out = []
     seen: dict[str, int] = {}
     try:
@@ -93,15 +117,29 @@ def load_instances(bench: str | Path, timeout: float | None = None) -> list[Inst
         if inst.key in seen:
             raise BenchmarkError(f"{path}:{i}: {inst.onnx},{inst.vnnlib} is listed twice (first on line {seen[inst.key]})")
         seen[inst.key] = i
+        inst.vnnlib_version = version or file_version(inst.vnnlib_path)
         out.append(inst)
     if not out:
         raise BenchmarkError(f"{path}: no instances")
     return out
 
 
+def benchmark_file(bench: str | Path, rel: str) -> Path:
+    """Where a path of instances.csv lies in a benchmark folder of any layout."""
+    root = Path(bench)
+    for folder in [root] + [root / v for v in reversed(VERSIONS)]:
+        if (folder / rel).exists():
+            return folder / rel
+    return root / rel
+
+
 def load_manifest(bench: str | Path) -> dict[str, dict]:
-    """manifest.csv rows by instance key (empty for folders usnprune did not write)."""
+    """manifest.csv rows by instance key (empty for folders usnprune did not write). A
+    version folder (``1.0/``, ``2.0/``) given on its own reads its parent's manifest, whose
+    paths hold in both."""
     path = Path(bench) / "manifest.csv"
+    if not path.is_file() and Path(bench).name in VERSIONS:
+        path = Path(bench).parent / "manifest.csv"
     if not path.is_file():
         return {}
     try:
@@ -116,8 +154,11 @@ def fingerprint(bench: str | Path, instances: list[Instance]) -> dict[str, str]:
     manifest.csv (when present), every ONNX and VNNLIB file (``missing`` when absent)."""
     root = Path(bench)
     names = [n for n in FINGERPRINTED if (root / n).is_file()]
-    for inst in instances:
-        names += [inst.onnx, inst.vnnlib]
+    for inst in instances:  # a version folder's files are named from the benchmark's top (2.0/onnx/...)
+        sub = os.path.relpath(inst.root, root.resolve())
+        prefix = "" if sub == "." else sub + "/"
+        names += [prefix + "instances.csv"] if prefix else []
+        names += [prefix + inst.onnx, prefix + inst.vnnlib]
     out: dict[str, str] = {}
     for name in names:
         if name not in out:
@@ -277,7 +318,7 @@ def make_row(spec: RunSpec, backend_name: str, backend_version: str, inst: Insta
         cause = ""
     return {
         "run_id": spec.run_id, "backend": backend_name, "backend_version": backend_version,
-        "onnx": inst.onnx, "vnnlib": inst.vnnlib, "category": m.get("category", Path(inst.onnx).parent.name),
+        "onnx": inst.onnx, "vnnlib": inst.vnnlib, "vnnlib_version": inst.vnnlib_version, "category": m.get("category", Path(inst.onnx).parent.name),
         "network": m.get("network", Path(inst.onnx).parent.name), "method": m.get("method", ""),
         "sparsity": m.get("sparsity", ""), "seed": m.get("seed", ""), "parameters": m.get("parameters", ""),
         "image": m.get("image_id", ""), "keypoint": m.get("keypoint", ""), "keypoint_name": m.get("keypoint_name", ""),

@@ -96,6 +96,7 @@ def run_verify(bench: str | Path, out: str | Path, cfg: VerifyConfig, resume: bo
     instances = load_instances(bench, timeout)
     log(f"verify {bench}: {len(instances)} instances; loading the {backend} backend")  # loading can take seconds
     probe = load_backend(backend, **options)  # unknown backend/profile: fail before creating anything
+    instances = load_instances(bench, timeout, probe.vnnlib_versions)  # the version folder this backend reads
     probe.check_available()
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():

@@ -1,12 +1,15 @@
 """VNN-COMP benchmark folders: (checkpoints, images, box, tolerance) -> a folder anyone can run.
 
-Layout (docs/formats.md)::
+Layout (docs/formats.md), VNN-COMP 2026's: one folder per VNN-LIB version written::
 
     BENCH/
-      onnx/<category>/img<id>.onnx     one model per (network, pool image)
-      vnnlib/<category>/img<id>_kp<k>_<name>_d<delta>.vnnlib[.gz]
-      instances.csv                    onnx,vnnlib,timeout (relative paths, no header)
+      1.0/ and 2.0/                    (``vnnlib_version``: 1, 2 or both)
+        onnx/<category>/img<id>.onnx   one model per (network, pool image); hard links to
+                                       one copy across the two folders where the file system allows
+        vnnlib/<category>/img<id>_kp<k>_<name>_d<delta>.vnnlib[.gz]
+        instances.csv                  onnx,vnnlib,timeout (relative paths, no header)
       manifest.csv                     instance -> network, image, keypoint, delta, box, reference, ...
+                                       (paths relative to a version folder: the same in both)
       benchmark.json                   what generate_properties.py needs, and the files usnprune wrote
       properties.npz                   pool images' ground truth, flags and clean predictions
       generate_properties.py           python generate_properties.py <seed>  (numpy + onnx only)
@@ -48,7 +51,9 @@ from . import onnx_model
 from .templates import generate_properties as gp
 
 BENCHMARK_FILE = "benchmark.json"
-FIXED_FILES = ("instances.csv", "manifest.csv", BENCHMARK_FILE, "properties.npz", "generate_properties.py", "README.md")
+VNNLIB_VERSIONS = {"1": ["1.0"], "2": ["2.0"], "both": ["1.0", "2.0"]}  # --vnnlib-version -> folders
+FIXED_FILES = ("1.0/instances.csv", "2.0/instances.csv", "manifest.csv", BENCHMARK_FILE, "properties.npz",
+               "generate_properties.py", "README.md")
 CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name under onnx/ and vnnlib/, never a path
 
 
@@ -74,6 +79,7 @@ class ExportConfig:
     gzip: bool = False
     skip_violated: bool = False  # leave out instances already violated at the identity
     split: str = "test"
+    vnnlib_version: str = "both"  # 1, 2 or both: which VNN-LIB versions (folders 1.0/, 2.0/) to write
     force: bool = False
     onnx: list[str] = dataclasses.field(default_factory=list)  # users' ONNX keypoint regressors (export/onnx_in.py)
     onnx_normalized: bool = False  # their outputs are in [0, 1] of width and height, not pixels
@@ -88,6 +94,8 @@ class ExportConfig:
         require(self.timeout > 0, f"{where}.timeout", f"must be > 0, got {self.timeout}")
         require(len(self.checkpoints) + len(self.onnx) >= 1, f"{where}.checkpoints",
                 "give at least one checkpoint or ONNX model")
+        require(str(self.vnnlib_version) in VNNLIB_VERSIONS, f"{where}.vnnlib_version",
+                f"must be one of {', '.join(VNNLIB_VERSIONS)}, got {self.vnnlib_version!r}")
         if self.categories is not None:
             require(len(self.categories) == len(self.checkpoints) + len(self.onnx), f"{where}.categories",
                     "give one category name per checkpoint and ONNX model")
@@ -254,6 +262,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
     pool = np.sort(rng.choice(labelled, size=n_pool, replace=False))
     image_ids = np.asarray(ds.image_ids)[pool]
 
+    versions = VNNLIB_VERSIONS[str(cfg.vnnlib_version)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     t0 = time.perf_counter()
     try:
@@ -272,8 +281,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
                     m, err = net.again(template, image, box)
                 parity.append(err)
                 rel = f"onnx/{name}/img{int(image_ids[j])}.onnx"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                onnx.save(m, tmp / rel)
+                _save_model(m, [tmp / v / rel for v in versions])
                 onnx_files[str(int(image_ids[j]))] = rel
                 pred[j] = onnx_model.run(onnx_model.session(m), box.identity())[0].reshape(k, 2)
                 bar.update(1)
@@ -290,6 +298,7 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
             "gzip": cfg.gzip, "skip_violated": cfg.skip_violated, "min_flag": 1,
             "data": cfg.data if isinstance(cfg.data, str) else to_dict(cfg.data),
             "split": cfg.split, "keypoint_names": list(ds.keypoint_names), "categories": categories,
+            "vnnlib_versions": versions,
         }
         (tmp / BENCHMARK_FILE).write_text(json.dumps(meta_out, indent=1))
         shutil.copyfile(gp.__file__, tmp / "generate_properties.py")
@@ -313,11 +322,25 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
     return stats
 
 
+def _save_model(model: onnx.ModelProto, paths: list[Path]) -> None:
+    """Write one ONNX file at every path: the first written, the others hard links to it
+    (copies where the file system has none), so both version folders cost one model."""
+    for k, p in enumerate(paths):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if k == 0:
+            onnx.save(model, p)
+            continue
+        try:
+            os.link(paths[0], p)
+        except OSError:
+            shutil.copyfile(paths[0], p)
+
+
 def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None:
     """Move the finished folder into place: a rename when ``out`` is new or empty; else
     check that no new file lands on one the earlier export did not write, remove what it
-    wrote (instances.csv and the marker first, so a kill leaves no folder that looks
-    complete), move the new files in, instances.csv and the marker last. Every path is
+    wrote (the instance lists and the marker first, so a kill leaves no folder that looks
+    complete), move the new files in, the instance lists and the marker last. Every path is
     checked to lie inside ``out``."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         if out.exists():
@@ -325,17 +348,16 @@ def _install(tmp: Path, out: Path, replace: list[str], files: list[str]) -> None
         os.replace(tmp, out)
         return
     _refuse_foreign(out, files + [BENCHMARK_FILE], replace)
-    for rel in [BENCHMARK_FILE, "instances.csv"] + [r for r in replace if r not in (BENCHMARK_FILE, "instances.csv")]:
+    lists = [r for r in files if Path(r).name == "instances.csv"]
+    first = [BENCHMARK_FILE] + [r for r in replace if Path(r).name == "instances.csv"]
+    for rel in first + [r for r in replace if r not in first]:
         p = inside(out, rel, f"--out {out}:")
         if p.is_file() or p.is_symlink():
             p.unlink()
-    for rel in files:
-        if rel == "instances.csv":
-            continue
+    for rel in [r for r in files if r not in lists] + lists:
         dst = inside(out, rel, f"--out {out}:")
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / rel, dst)
-    os.replace(tmp / "instances.csv", inside(out, "instances.csv"))
     os.replace(tmp / BENCHMARK_FILE, inside(out, BENCHMARK_FILE))
     shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
 
@@ -356,7 +378,9 @@ def _readme(meta: dict, stats: dict) -> str:
     box = ", ".join(f"`{n} in [{lo:g}, {hi:g}]`" for n, lo, hi in zip(names, meta["input_lower"], meta["input_upper"]))
     return f"""# usnprune keypoint benchmark
 
-Keypoint networks under lighting changes, in the VNN-COMP format. The lighting family is
+Keypoint networks under lighting changes, in the VNN-COMP format, one folder per VNN-LIB
+version ({', '.join(f'`{v}/`' for v in meta['vnnlib_versions'])}, each with instances.csv, onnx/ and
+vnnlib/; the same instance has the same relative paths in each). The lighting family is
 `{fam.name}`: {fam.doc}. Each ONNX model takes `X` = ({', '.join(names)}), shape
 `[batch, {fam.k}]`, holds one image as a constant, computes the lit image exactly (two Gemm
 branches from X and `Relu(z) - Relu(z - 1)` for the clip to [0, 1]), runs the network, and

@@ -37,6 +37,7 @@ class Instance:
     vnnlib: str
     timeout: float
     index: int = 0  # row number in instances.csv
+    vnnlib_version: str = ""  # the VNN-LIB version of the query ("1.0", "2.0"); "" when unknown
 
     @property
     def onnx_path(self) -> Path:
@@ -54,11 +55,11 @@ class Instance:
     def to_dict(self) -> dict:
         """Plain data for another process (a worker, a Slurm array task)."""
         return {"root": str(self.root), "onnx": self.onnx, "vnnlib": self.vnnlib, "timeout": self.timeout,
-                "index": self.index}
+                "index": self.index, "vnnlib_version": self.vnnlib_version}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Instance":
-        return cls(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"])
+        return cls(Path(d["root"]), d["onnx"], d["vnnlib"], d["timeout"], d["index"], d.get("vnnlib_version", ""))
 
     def missing(self) -> str | None:
         """The error message for an ONNX or VNNLIB file that is not there, else None."""
@@ -104,6 +105,10 @@ class Backend(abc.ABC):
     """
 
     name: str = "?"
+    # The VNN-LIB versions of the queries it reads: the driver runs a benchmark's newest
+    # version folder among these (VNN-COMP tools read 1.0; backends reading through
+    # usnprune.export.vnnlib read both).
+    vnnlib_versions: tuple[str, ...] = ("1.0",)
 
     def __init__(self, profile: dict | None = None, **options: Any) -> None:
         self.profile = dict(profile or {})

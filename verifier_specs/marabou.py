@@ -49,6 +49,7 @@ class MarabouOptions:
 
 class MarabouBackend(Backend):
     name = "marabou"
+    vnnlib_versions = ("1.0", "2.0")  # its worker reads the query with usnprune.export.vnnlib
 
     def __init__(self, profile: dict | None = None, **options) -> None:
         super().__init__(profile, **options)

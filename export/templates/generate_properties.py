@@ -22,6 +22,11 @@ keypoint, so one verification run yields both).
 manifest.csv has one row per property. A property left out with ``skip_violated`` (already
 violated at the identity, so falsified without running a verifier) keeps its row with an
 empty ``instance`` and ``vnnlib``: a report still counts the keypoint in its base.
+
+Each property is written in every VNN-LIB version the folder holds, laid out as VNN-COMP
+2026 does: ``1.0/`` and ``2.0/``, each with its own instances.csv, onnx/ and vnnlib/, the
+same relative paths in both (so manifest.csv, at the top, serves both). A folder written
+before VNN-LIB 2.0 (no ``vnnlib_versions`` in benchmark.json) keeps its flat layout.
 """
 
 import csv
@@ -47,6 +52,49 @@ def _num(v):
 DEFAULT_FAMILY = "brightness_contrast"
 
 
+def _num2(v):
+    """A VNN-LIB 2.0 float literal: the same decimal value as ``_num``, written positionally
+    (the 2.0 grammar has no exponent) and always with a '.' (an integer literal does not
+    type-check against float32)."""
+    from decimal import Decimal
+
+    s = format(Decimal(_num(v)), "f")
+    return s if "." in s else s + ".0"
+
+
+NETWORK_NAME, INPUT_NAME, OUTPUT_NAME = "net", "X", "Y"  # the ONNX graph's input and output names
+
+
+def format_property_v2(n_outputs, keypoint, reference, delta, lower, upper, comments=(), input_names=None):
+    """VNN-LIB 2.0 text of the same property: one float32 network ``net`` with input
+    ``X [1, k]`` and output ``Y [1, n_outputs]`` (the ONNX batch dimension instantiated to 1),
+    the box, and the unsafe set as one ``or`` of four comparisons. ``input_names`` as in
+    :func:`format_property`."""
+    if not delta > 0:
+        raise ValueError("delta must be > 0, got %r" % delta)
+    u, v = float(reference[0]), float(reference[1])
+    iu, iv = 2 * keypoint, 2 * keypoint + 1
+    lines = ["(vnnlib-version <2.0>)"]
+    lines += ["; " + c if c else ";" for c in comments]
+    lines += ["", "(declare-network %s" % NETWORK_NAME,
+              "    (declare-input %s float32 [1,%d])" % (INPUT_NAME, len(lower)),
+              "    (declare-output %s float32 [1,%d])" % (OUTPUT_NAME, n_outputs),
+              ")", "", "; the (contrast, brightness) box" if input_names is None
+              else "; the lighting box: (%s)" % ", ".join(input_names)]
+    for i, (lo, hi) in enumerate(zip(lower, upper)):
+        lines.append("(assert (>= %s[0,%d] %s))" % (INPUT_NAME, i, _num2(lo)))
+        lines.append("(assert (<= %s[0,%d] %s))" % (INPUT_NAME, i, _num2(hi)))
+    y = lambda j: "%s[0,%d]" % (OUTPUT_NAME, j)  # noqa: E731
+    lines += ["", "; unsafe: keypoint %d (%s, %s) leaves the box of half-width %s px" % (keypoint, y(iu), y(iv), _num2(delta)),
+              "(assert (or",
+              "    (>= %s %s)" % (y(iu), _num2(u + delta)),
+              "    (<= %s %s)" % (y(iu), _num2(u - delta)),
+              "    (>= %s %s)" % (y(iv), _num2(v + delta)),
+              "    (<= %s %s)" % (y(iv), _num2(v - delta)),
+              "))"]
+    return "\n".join(lines) + "\n"
+
+
 def format_property(n_outputs, keypoint, reference, delta, lower, upper, comments=(), input_names=None):
     """VNNLIB text: the k-D input box, unsafe set = keypoint outside the delta box.
     ``input_names`` (the family's parameters) only label the box in a comment."""
@@ -70,6 +118,9 @@ def format_property(n_outputs, keypoint, reference, delta, lower, upper, comment
               "    (and (<= Y_%d %s))" % (iv, _num(v - delta)),
               "))"]
     return "\n".join(lines) + "\n"
+
+
+FORMATS = {"1.0": format_property, "2.0": format_property_v2}
 
 
 def _write(path, text, gz):
@@ -113,6 +164,8 @@ def generate(folder, seed):
     input_names = None if family == DEFAULT_FAMILY else meta["input_names"]
     if len(lower) != len(upper) or any(not lo <= hi for lo, hi in zip(lower, upper)):
         raise ValueError("benchmark.json: the input box is empty or malformed: %r .. %r" % (lower, upper))
+    versions = meta.get("vnnlib_versions")  # absent: a flat folder from before VNN-LIB 2.0
+    roots = [(v, os.path.join(folder, v)) for v in versions] if versions else [("1.0", folder)]
     chosen = select_images(pool_ids, meta["images"], seed)
     instances, manifest = [], []
     skipped_invisible = skipped_violated = 0
@@ -157,11 +210,14 @@ def generate(folder, seed):
                             + ("" if input_names is None else "  family: %s" % family),
                             "toolkit: usnprune %s" % meta.get("toolkit_version", "?"),
                         ]
-                        _write(os.path.join(folder, rel), format_property(n_out, k, ref, d, lower, upper, comments, input_names), gz)
+                        for version, root in roots:
+                            text = FORMATS[version](n_out, k, ref, d, lower, upper, comments, input_names)
+                            _write(os.path.join(root, rel), text, gz)
                         instances.append((onnx_rel, rel, timeout))
                         row.update({"instance": len(instances) - 1, "vnnlib": rel})
                         manifest.append(row)
-    _write_csv(os.path.join(folder, "instances.csv"), None, [list(r) for r in instances])
+    for _, root in roots:
+        _write_csv(os.path.join(root, "instances.csv"), None, [list(r) for r in instances])
     fields = list(manifest[0].keys()) if manifest else ["instance"]
     _write_csv(os.path.join(folder, "manifest.csv"), fields, [[m[k] for k in fields] for m in manifest])
     total = timeout * len(instances)
@@ -173,6 +229,7 @@ def generate(folder, seed):
 
 
 def _write_csv(path, header, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")

@@ -1,4 +1,4 @@
-"""Tokens -> :class:`~export.vnnlib.model.Property` (the VNN-COMP dialect of VNNLIB).
+"""Tokens -> :class:`~export.vnnlib.model.Property`: VNN-LIB 1.0, the VNN-COMP dialect.
 
 Grammar read here::
 
@@ -30,7 +30,7 @@ from typing import Union
 import numpy as np
 
 from .errors import VnnlibError
-from .model import Disjunct, Property
+from .model import VERSION_1, Disjunct, Property
 from .tokenizer import LPAREN, RPAREN, Token, tokenize
 
 MAX_DISJUNCTS = 100_000  # beyond this the DNF expansion is almost certainly a mistake
@@ -111,7 +111,7 @@ class Linear:
         return Linear(coefs, self.const + sign * other.const)
 
 
-class _Reader:
+class Reader:
     """The state of one read: declared variables, the source name for messages."""
 
     def __init__(self, source: str) -> None:
@@ -177,22 +177,22 @@ class _Reader:
         raise self.error(f"unknown operator {op!r} in a term (expected +, -, *, /)", node)
 
     # -- formulas -> DNF --
-    def formula(self, node: Node) -> list["_Clause"]:
+    def formula(self, node: Node) -> list["Clause"]:
         if isinstance(node, Token):
             if node.text == "true":
-                return [_Clause()]
+                return [Clause()]
             if node.text == "false":
                 return []
             raise self.error(f"expected a formula, got {node.text!r}", node)
         op = _head(node, self.source)
         args = node.items[1:]
         if op == "and":
-            clauses = [_Clause()]
+            clauses = [Clause()]
             for a in args:
                 clauses = self.conjoin(clauses, self.formula(a), a)
             return clauses
         if op == "or":
-            out: list[_Clause] = []
+            out: list[Clause] = []
             for a in args:
                 out += self.formula(a)
                 if len(out) > MAX_DISJUNCTS:
@@ -202,7 +202,7 @@ class _Reader:
             if len(args) < 2:
                 raise self.error(f"'{op}' needs at least two operands", node)
             terms = [self.term(a) for a in args]
-            clause = _Clause()
+            clause = Clause()
             for left, right in zip(terms, terms[1:]):  # SMT-LIB chains: (<= a b c)
                 if not clause.add(op, left, right, self, node):
                     return []  # a constant comparison that is false
@@ -211,7 +211,7 @@ class _Reader:
             raise self.error(f"'{op}' is not supported (VNN-COMP properties use and/or over comparisons)", node)
         raise self.error(f"unknown operator {op!r} in a formula", node)
 
-    def conjoin(self, clauses: list["_Clause"], more: list["_Clause"], node: Node) -> list["_Clause"]:
+    def conjoin(self, clauses: list["Clause"], more: list["Clause"], node: Node) -> list["Clause"]:
         if len(more) == 1:  # the common case (top-level bounds): merge in place, no copies
             for c in clauses:
                 c.merge(more[0])
@@ -228,24 +228,24 @@ class _Reader:
 
 
 @dataclasses.dataclass
-class _Clause:
+class Clause:
     """A conjunction: per-input bounds plus output rows ``coefs . y <= rhs``."""
 
     lo: dict[int, float] = dataclasses.field(default_factory=dict)
     hi: dict[int, float] = dataclasses.field(default_factory=dict)
     rows: list[tuple[dict[int, float], float, bool]] = dataclasses.field(default_factory=list)
 
-    def copy(self) -> "_Clause":
-        return _Clause(dict(self.lo), dict(self.hi), list(self.rows))
+    def copy(self) -> "Clause":
+        return Clause(dict(self.lo), dict(self.hi), list(self.rows))
 
-    def merge(self, other: "_Clause") -> None:
+    def merge(self, other: "Clause") -> None:
         for i, v in other.lo.items():
             self.lo[i] = max(self.lo.get(i, -math.inf), v)
         for i, v in other.hi.items():
             self.hi[i] = min(self.hi.get(i, math.inf), v)
         self.rows += other.rows
 
-    def add(self, op: str, left: Linear, right: Linear, reader: _Reader, node: SExpr) -> bool:
+    def add(self, op: str, left: Linear, right: Linear, reader: Reader, node: SExpr) -> bool:
         """Add ``left op right``; False when it is a constant comparison that fails."""
         diff = left.plus(right, -1.0)  # diff.coefs . v + diff.const  (op)  0
         coefs = {v: c for v, c in diff.coefs.items() if c != 0.0}
@@ -284,7 +284,7 @@ class _Clause:
 def parse_text(text: str, source: str = "<string>") -> Property:
     """Read a VNNLIB text into a :class:`Property` (unsafe set in disjunctive normal form)."""
     tokens, comments = tokenize(text, source)
-    reader = _Reader(source)
+    reader = Reader(source)
     formulas: list[Node] = []
     for form in read_sexprs(tokens, source):
         if isinstance(form, Token):
@@ -303,9 +303,14 @@ def parse_text(text: str, source: str = "<string>") -> Property:
             raise reader.error(f"unsupported command {cmd!r} (expected declare-const or assert)", form.items[0])
     n_in = _count(reader, "X", source)
     n_out = _count(reader, "Y", source)
-    clauses = [_Clause()]
+    clauses = [Clause()]
     for f in formulas:
         clauses = reader.conjoin(clauses, reader.formula(f), f)
+    return Property(n_in, n_out, to_disjuncts(clauses, n_in, n_out), comments, VERSION_1)
+
+
+def to_disjuncts(clauses: list["Clause"], n_in: int, n_out: int) -> list[Disjunct]:
+    """Clauses (per-input bounds and output rows) -> disjuncts with dense boxes and matrices."""
     disjuncts = []
     for c in clauses:
         lower = np.full(n_in, -np.inf)
@@ -322,10 +327,10 @@ def parse_text(text: str, source: str = "<string>") -> Property:
                 A[r, j] += a
             b[r], strict[r] = rhs, s
         disjuncts.append(Disjunct(lower, upper, A, b, strict))
-    return Property(n_in, n_out, disjuncts, comments)
+    return disjuncts
 
 
-def _declare(reader: _Reader, form: SExpr, args: list[Node]) -> None:
+def _declare(reader: Reader, form: SExpr, args: list[Node]) -> None:
     if len(args) != 2 or not all(isinstance(a, Token) for a in args):
         raise reader.error("expected (declare-const NAME Real)", form)
     name, sort = args
@@ -341,7 +346,7 @@ def _declare(reader: _Reader, form: SExpr, args: list[Node]) -> None:
     reader.declared[var] = _pos(name)
 
 
-def _count(reader: _Reader, kind: str, source: str) -> int:
+def _count(reader: Reader, kind: str, source: str) -> int:
     idx = sorted(i for k, i in reader.declared if k == kind)
     if not idx:
         what = "inputs (X_0 ...)" if kind == "X" else "outputs (Y_0 ...)"
@@ -355,8 +360,9 @@ def _count(reader: _Reader, kind: str, source: str) -> int:
     return n
 
 
-def parse_file(path: str | Path) -> Property:
-    """Read a ``.vnnlib`` (or gzip-compressed ``.vnnlib.gz``) file."""
+def read_text(path: str | Path) -> str:
+    """The text of a ``.vnnlib`` file, plain or gzip-compressed (detected by its magic
+    bytes, whatever the file is called)."""
     p = Path(path)
     source = str(p)
     if not p.is_file():
@@ -365,12 +371,16 @@ def parse_file(path: str | Path) -> Property:
         raw = p.read_bytes()
         if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix says
             raw = gzip.decompress(raw)
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise VnnlibError(f"cannot read: {e}", source) from None
     except UnicodeDecodeError as e:
         raise VnnlibError(f"not a text file (byte {e.start} is not UTF-8)", source) from None
-    return parse_text(text, source)
 
 
-__all__ = ["parse_file", "parse_text", "read_sexprs", "VnnlibError"]
+def parse_file(path: str | Path) -> Property:
+    """Read a VNN-LIB 1.0 ``.vnnlib`` (or gzip-compressed ``.vnnlib.gz``) file."""
+    return parse_text(read_text(path), str(path))
+
+
+__all__ = ["Clause", "Linear", "Reader", "parse_file", "parse_text", "read_sexprs", "read_text", "to_disjuncts", "VnnlibError"]

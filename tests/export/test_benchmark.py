@@ -1,6 +1,7 @@
 import ast
 import csv
 import filecmp
+import gzip
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from vnnlib.compat import read_vnnlib_simple
+import vnnlib
 
 from usnprune.driver.cli import main
 from usnprune.export.benchmark import BenchmarkError, ExportConfig, export_benchmark
@@ -27,47 +28,98 @@ def bench(small_checkpoint, tiny_checkpoint, synth_data, tmp_path_factory):
     return out, stats
 
 
-def _instances(folder):
-    with open(folder / "instances.csv") as f:
+def _instances(folder, version="1.0"):
+    with open(folder / version / "instances.csv") as f:
         return list(csv.reader(f))
 
 
 def test_folder_layout_and_instances(bench):
     out, stats = bench
-    for name in ("onnx", "vnnlib", "instances.csv", "manifest.csv", "generate_properties.py", "README.md",
-                 "benchmark.json", "properties.npz"):
+    for name in ("manifest.csv", "generate_properties.py", "README.md", "benchmark.json", "properties.npz"):
         assert (out / name).exists(), name
-    rows = _instances(out)
-    assert len(rows) == stats["instances"] > 0
-    for onnx_rel, vnn_rel, timeout in rows:
-        assert not os.path.isabs(onnx_rel) and (out / onnx_rel).is_file() and (out / vnn_rel).is_file()
-        assert float(timeout) == 5
-    assert len(list((out / "onnx").rglob("*.onnx"))) == 2 * 6  # networks x pool
+    assert not (out / "instances.csv").exists() and not (out / "onnx").exists()
+    assert _instances(out, "1.0") == _instances(out, "2.0")  # one instance, the same paths in both folders
+    for version in ("1.0", "2.0"):
+        rows = _instances(out, version)
+        assert len(rows) == stats["instances"] > 0
+        for onnx_rel, vnn_rel, timeout in rows:
+            assert not os.path.isabs(onnx_rel) and (out / version / onnx_rel).is_file()
+            assert (out / version / vnn_rel).is_file() and float(timeout) == 5
+        assert len(list((out / version / "onnx").rglob("*.onnx"))) == 2 * 6  # networks x pool
+    one, two = (out / "1.0" / rows[0][0]), (out / "2.0" / rows[0][0])
+    assert one.read_bytes() == two.read_bytes() and one.stat().st_ino == two.stat().st_ino  # a hard link
+    assert (out / "1.0" / rows[0][1]).read_text().startswith("; usnprune keypoint property")
+    assert (out / "2.0" / rows[0][1]).read_text().startswith("(vnnlib-version <2.0>)\n")
 
 
-def test_vnnlib_reads_back_with_an_independent_parser_to_the_manifest(bench):
+def _want_rows(r):
+    """The manifest row's unsafe set: four rows a @ y <= b, on u = y[2k] or v = y[2k+1]."""
+    iu = 2 * r.keypoint
+    return sorted([(iu, -1.0, -(r.ref_u + r.delta)), (iu, 1.0, r.ref_u - r.delta),
+                   (iu + 1, -1.0, -(r.ref_v + r.delta)), (iu + 1, 1.0, r.ref_v - r.delta)])
+
+
+def _check_rows(got, r):
+    want = _want_rows(r)
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-12)
+
+
+def test_vnnlib_1_reads_back_with_an_independent_parser_to_the_manifest(bench):
+    from onnxsim.vnnlib import parse
+
     out, _ = bench
     man = pd.read_csv(out / "manifest.csv")
     assert set(man["category"]) == {"small", "tiny"} and set(man["delta"]) == {0.5, 2.0}
     for r in man.itertuples():
-        ((box, specs),) = read_vnnlib_simple(out / r.vnnlib, 2, 20)
-        assert box == [[0.9, 1.1], [-0.05, 0.05]]
-        assert len(specs) == 4
-        iu = 2 * r.keypoint
-        # each disjunct: one row  a @ y <= b  on Y_iu or Y_iu+1
-        got = sorted((int(np.flatnonzero(A[0])[0]), float(A[0][np.flatnonzero(A[0])[0]]), float(np.ravel(b)[0])) for A, b in specs)
-        want = sorted([(iu, -1.0, -(r.ref_u + r.delta)), (iu, 1.0, r.ref_u - r.delta),
-                       (iu + 1, -1.0, -(r.ref_v + r.delta)), (iu + 1, 1.0, r.ref_v - r.delta)])
-        assert [g[:2] for g in got] == [w[:2] for w in want]
-        assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-12)
+        ref = parse((out / "1.0" / r.vnnlib).read_text())
+        assert (ref.n_inputs, ref.n_outputs, len(ref.clauses)) == (2, 20, 4)
+        for c in ref.clauses:
+            assert c.lo.tolist() == [0.9, -0.05] and c.hi.tolist() == [1.1, 0.05] and len(c.atoms) == 1
+        got = sorted((int(np.flatnonzero(a.a)[0]), float(a.a[np.flatnonzero(a.a)[0]]), float(a.b))
+                     for c in ref.clauses for a in c.atoms)
+        _check_rows(got, r)
         assert (r.ref_u, r.ref_v) == (r.gt_u, r.gt_v)  # reference: gt
+
+
+def test_every_vnnlib_2_query_parses_with_the_vnnlib_package_to_the_manifest(bench):
+    """The standard's own parser (PyPI vnnlib 1.0.2) reads and type-checks every 2.0 query;
+    its declarations match the ONNX model, its box and disjuncts the manifest."""
+    import onnx
+
+    out, _ = bench
+    man = pd.read_csv(out / "manifest.csv")
+    for r in man.itertuples():
+        q = vnnlib.parse_query_file(str(out / "2.0" / r.vnnlib))
+        (net,) = q.networks
+        (x,), (y,) = net.inputs, net.outputs
+        assert (x.dtype, list(x.shape), y.dtype, list(y.shape)) == (vnnlib.DType.F32, [1, 2], vnnlib.DType.F32, [1, 20])
+        model = onnx.load(str(out / "2.0" / r.onnx))
+        assert [i.name for i in model.graph.input] == [x.name] and [o.name for o in model.graph.output] == [y.name]
+        box, rows = {}, []
+        for a in q.assertions:
+            for clause in a.expr.to_dnf():  # the box: one comparison per assertion; the unsafe set: one `or`
+                (cmp,) = clause
+                lhs = cmp.lhs.to_linear_expr()
+                (term,) = lhs.terms
+                value = cmp.rhs.to_linear_expr().constant
+                if term.var.kind == vnnlib.SymbolKind.Input:
+                    box[(tuple(term.var.indices), type(cmp).__name__)] = value
+                else:
+                    (_, j) = term.var.indices
+                    sign = 1.0 if type(cmp).__name__ == "LessEqual" else -1.0  # y <= b, or -y <= -b
+                    rows.append((int(j), sign, sign * value))
+        assert box == {((0, 0), "GreaterEqual"): 0.9, ((0, 0), "LessEqual"): 1.1,
+                       ((0, 1), "GreaterEqual"): -0.05, ((0, 1), "LessEqual"): 0.05}
+        assert len(q.assertions) == 5 and len(rows) == 4
+        _check_rows(sorted(rows), r)
 
 
 def test_manifest_predictions_are_the_onnx_outputs_at_identity(bench):
     out, _ = bench
     man = pd.read_csv(out / "manifest.csv")
     for onnx_rel, g in man.groupby("onnx"):
-        y = run(session(str(out / onnx_rel)), np.array([[1.0, 0.0]]))[0]
+        y = run(session(str(out / "1.0" / onnx_rel)), np.array([[1.0, 0.0]]))[0]
         for r in g.itertuples():
             assert (r.pred_u, r.pred_v) == pytest.approx((y[2 * r.keypoint], y[2 * r.keypoint + 1]), abs=1e-6)
             assert r.violated_at_identity == (max(abs(r.pred_u - r.gt_u), abs(r.pred_v - r.gt_v)) >= r.delta)
@@ -82,31 +134,36 @@ def test_generate_properties_is_standalone_and_deterministic(bench, tmp_path):
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module.split(".")[0])
-    assert imported <= {"csv", "json", "os", "sys", "gzip", "numpy", "onnx"}
+    assert imported <= {"csv", "json", "os", "sys", "gzip", "numpy", "onnx", "decimal"}
     copies = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         dst = tmp_path / name
         shutil.copytree(out, dst)
-        shutil.rmtree(dst / "vnnlib")
-        (dst / "instances.csv").unlink()
+        for v in ("1.0", "2.0"):
+            shutil.rmtree(dst / v / "vnnlib")
+            (dst / v / "instances.csv").unlink()
         subprocess.run([sys.executable, "-I", str(dst / "generate_properties.py"), str(seed)], cwd=tmp_path,
                        check=True, capture_output=True)
         copies.append(dst)
     a, b, c = copies
-    assert (a / "instances.csv").read_bytes() == (out / "instances.csv").read_bytes()  # same as usnprune wrote
-    assert (a / "instances.csv").read_bytes() == (b / "instances.csv").read_bytes()
-    assert not filecmp.dircmp(a / "vnnlib", b / "vnnlib").diff_files
+    for v in ("1.0", "2.0"):  # both versions written, byte for byte as usnprune wrote them
+        assert (a / v / "instances.csv").read_bytes() == (out / v / "instances.csv").read_bytes()
+        assert (a / v / "instances.csv").read_bytes() == (b / v / "instances.csv").read_bytes()
+        assert not filecmp.dircmp(a / v / "vnnlib", out / v / "vnnlib").diff_files
+        assert not filecmp.dircmp(a / v / "vnnlib", b / v / "vnnlib").diff_files
     imgs = lambda d: set(pd.read_csv(d / "manifest.csv")["image_id"])  # noqa: E731
     assert imgs(a) != imgs(c)  # another seed picks other images
 
 
-def test_gzip_and_skip_violated(small_checkpoint, synth_data, tmp_path):
+def test_gzip_skip_violated_and_one_version(small_checkpoint, synth_data, tmp_path):
     out = tmp_path / "gz"
     stats = export_benchmark(ExportConfig(checkpoints=[str(small_checkpoint)], data=str(synth_data), out=str(out),
-                                          deltas=[1.5, 6.0], images=4, timeout=3, gzip=True, skip_violated=True),
-                             log=lambda s: None)
-    rows = _instances(out)
+                                          deltas=[1.5, 6.0], images=4, timeout=3, gzip=True, skip_violated=True,
+                                          vnnlib_version="2"), log=lambda s: None)
+    assert not (out / "1.0").exists()
+    rows = _instances(out, "2.0")
     assert rows and all(r[1].endswith(".vnnlib.gz") for r in rows)
+    assert vnnlib.parse_query_string(gzip.decompress((out / "2.0" / rows[0][1]).read_bytes()).decode()).networks
     man = pd.read_csv(out / "manifest.csv")
     listed = man[man["instance"].notna()]
     assert len(listed) == len(rows) and not listed["violated_at_identity"].any()
@@ -143,7 +200,7 @@ def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_file
         export_benchmark(cfg, log=lambda s: None)
     cfg.force = True
     export_benchmark(cfg, log=lambda s: None)
-    assert (out / "notes.txt").read_text() == "mine" and (out / "instances.csv").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "2.0" / "instances.csv").is_file()
     # a second forced export replaces what the first wrote and still keeps foreign files
     cfg.deltas = [1.0]
     export_benchmark(cfg, log=lambda s: None)
@@ -158,6 +215,7 @@ def test_existing_folder_is_refused_then_written_with_force_keeping_foreign_file
     (["--delta", "-1"], "--delta must be > 0"),
     (["--eps-contrast", "1.0"], "--eps-contrast 1.0: must be < 1"),
     (["--eps-brightness", "-0.1"], "--eps-brightness -0.1: must be >= 0"),
+    (["--vnnlib-version", "3"], "--vnnlib-version: invalid choice: '3'"),
 ])
 def test_bad_options_are_one_line_errors(args, match, small_checkpoint, synth_data, tmp_path, capsys):
     code = _cli(["export", "--checkpoint", str(small_checkpoint), "--data", str(synth_data), "--out",

@@ -1,13 +1,14 @@
-"""The VNNLIB reader: our keypoint properties and the general VNN-COMP dialect.
+"""The VNN-LIB 1.0 reader: our keypoint properties and the general VNN-COMP dialect.
 
-Every file is also read by the independent ``vnnlib`` package (``read_vnnlib_simple``), and
-the boxes and constraint matrices must agree.
+Every file is also read by an independent 1.0 reader, onnxsim's (``onnxsim.vnnlib.parse``,
+installed with usnprune), and the boxes and constraint matrices must agree. (The PyPI
+``vnnlib`` 0.0.1 package that used to serve here shares its import name with the VNN-LIB
+2.0 parser, ``vnnlib`` 1.0.2, which usnprune now needs; the two cannot be installed together.)
 """
 
 from __future__ import annotations
 
 import gzip
-import warnings
 
 import numpy as np
 import pytest
@@ -98,11 +99,11 @@ def _write(tmp_path, name, text):
 
 
 def _reference(path, n_in, n_out):
-    from vnnlib.compat import read_vnnlib_simple
+    from onnxsim.vnnlib import parse
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its note on negative literals
-        return read_vnnlib_simple(str(path), n_in, n_out)
+    ref = parse(path.read_text())
+    assert (ref.n_inputs, ref.n_outputs) == (n_in, n_out)
+    return ref
 
 
 def _as_sets(prop: Property):
@@ -116,11 +117,11 @@ def _as_sets(prop: Property):
 
 def _reference_sets(ref):
     out = set()
-    for box, specs in ref:
-        b = tuple(np.round(np.asarray(box, dtype=float), 12).ravel())
-        for A, rhs in specs:
-            out.add((b, tuple(np.round(np.asarray(A, dtype=float), 12).ravel()),
-                     tuple(np.round(np.asarray(rhs, dtype=float).ravel(), 12))))
+    for c in ref.clauses:
+        box = tuple(np.round(np.stack([c.lo, c.hi], 1), 12).ravel())
+        A = np.array([a.a for a in c.atoms]).reshape(len(c.atoms), ref.n_outputs)
+        b = np.array([a.b for a in c.atoms])
+        out.add((box, tuple(np.round(A, 12).ravel()), tuple(np.round(b, 12))))
     return out
 
 
@@ -130,7 +131,7 @@ def _reference_sets(ref):
     ("boxes.vnnlib", DISJUNCTIVE_BOXES, 2, 3),
     ("linear.vnnlib", LINEAR_TERMS, 1, 3),
 ])
-def test_agrees_with_the_vnnlib_package(tmp_path, name, text, n_in, n_out):
+def test_agrees_with_an_independent_reader(tmp_path, name, text, n_in, n_out):
     path = _write(tmp_path, name, text)
     prop = parse_file(path)
     assert (prop.n_inputs, prop.n_outputs) == (n_in, n_out)

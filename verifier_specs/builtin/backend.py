@@ -42,6 +42,7 @@ def _session(onnx_path):
 
 class BuiltinBackend(Backend):
     name = "builtin"
+    vnnlib_versions = ("1.0", "2.0")  # through usnprune.export.vnnlib
 
     def __init__(self, profile: dict | None = None, **options) -> None:
         super().__init__(profile, **options)
