@@ -54,7 +54,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(small_net_bench, tmp_pat
         verify(bench, run, log=_quiet)
     res = verify(bench, run, resume=True, executor="serial", log=_quiet)
     rows = ResultStore(run).rows()
-    total = len((bench / "instances.csv").read_text().splitlines())
+    total = len((bench / "2.0" / "instances.csv").read_text().splitlines())
     assert res["missing"] == 0 and len(rows) == total
     for k, r in done_before.items():  # finished rows were kept, not redone
         assert rows[k]["finished_at"] == r["finished_at"]
@@ -72,21 +72,22 @@ def test_a_benchmark_with_a_bad_instance_is_refused_before_the_run(bench, tmp_pa
 
     broken = tmp_path / "broken"
     shutil.copytree(bench, broken)
-    rows = (broken / "instances.csv").read_text().splitlines()
+    v2 = broken / "2.0"  # the folder the builtin runs: the newest version
+    rows = (v2 / "instances.csv").read_text().splitlines()
     onnx0, vnn0, t0 = rows[0].split(",")
     if damage == "unbalanced":
-        (broken / vnn0).write_text("(declare-const X_0 Real)\n(assert (<= X_0 0.5)\n")
+        (v2 / vnn0).write_text("(declare-const X_0 Real)\n(assert (<= X_0 0.5)\n")
     else:
         rows.append(f"onnx/missing.onnx,{vnn0},5")
-    (broken / "instances.csv").write_text("\n".join(rows) + "\n")
+    (v2 / "instances.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(UsnpruneError, match=match):
         verify(broken, tmp_path / "run", executor="serial", log=_quiet)
     assert not (tmp_path / "run").exists()  # nothing half-made
 
 
 def test_a_counterexample_that_does_not_replay_is_an_error(bench):
-    row = pd.read_csv(bench / "instances.csv", header=None).iloc[0]
-    inst = Instance(Path(bench), row[0], row[1], 5.0)
+    row = pd.read_csv(bench / "2.0" / "instances.csv", header=None).iloc[0]
+    inst = Instance(Path(bench) / "2.0", row[0], row[1], 5.0)
     v, _ = Checker().check(inst, Verdict("falsified", 0.1, (1.0, 0.0), "made up"))  # identity never violates
     assert v.status == "error" and "does not replay" in v.message
     v, _ = Checker().check(inst, Verdict("falsified", 0.1, None, "no point"))
@@ -115,8 +116,8 @@ def test_duplicate_instances_and_a_resume_with_other_settings_are_refused(bench,
 
     dup = tmp_path / "dup"
     shutil.copytree(bench, dup)
-    rows = (dup / "instances.csv").read_text().splitlines()
-    (dup / "instances.csv").write_text("\n".join(rows + rows[:1]) + "\n")
+    rows = (dup / "2.0" / "instances.csv").read_text().splitlines()
+    (dup / "2.0" / "instances.csv").write_text("\n".join(rows + rows[:1]) + "\n")
     with pytest.raises(BenchmarkError, match=f"instances.csv:{len(rows) + 1}: .* is listed twice \\(first on line 1\\)"):
         verify(dup, tmp_path / "r1", executor="serial", log=_quiet)
     verify(bench, tmp_path / "r2", executor="serial", timeout=5, log=_quiet)

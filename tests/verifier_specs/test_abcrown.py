@@ -558,11 +558,11 @@ def test_real_abcrown_through_the_driver(real_bench, real_env, tmp_path):
     assert falsified.cex_c.notna().all() and falsified.cex_b.notna().all()  # replayed by the driver
     rng = np.random.default_rng(1)
     for _, r in rows[rows.verdict == "certified"].iterrows():
-        prop = parse_file(bench / r.vnnlib)
+        prop = parse_file(bench / "1.0" / r.vnnlib)  # alpha-beta-CROWN reads VNN-LIB 1.0
         lo, hi = prop.disjuncts[0].lower, prop.disjuncts[0].upper
         grid = np.stack(np.meshgrid(np.linspace(lo[0], hi[0], 41), np.linspace(lo[1], hi[1], 41)), -1).reshape(-1, 2)
         pts = np.concatenate([grid, rng.uniform(lo, hi, size=(2000, 2))])
-        ys = evaluate(get_session(str(bench / r.onnx)), pts)
+        ys = evaluate(get_session(str(bench / "1.0" / r.onnx)), pts)
         for d in prop.disjuncts:
             assert not (d.contains(pts) & d.holds(ys)).any(), f"{r.vnnlib}: certified, but a sample violates it"
 
@@ -576,7 +576,8 @@ def test_real_counterexample_recovery_falls_back_to_a_single_run(real_bench, rea
     from usnprune.verifier_specs.replay import replay
 
     monkeypatch.setattr(abcrown.AbcrownBackend, "_take_counterexample", lambda *a: None)
-    insts = [i for i in load_instances(real_bench) if "_d0.01" in i.vnnlib][:2]
+    insts = [i for i in load_instances(real_bench, versions=abcrown.AbcrownBackend.vnnlib_versions)
+             if "_d0.01" in i.vnnlib][:2]
     got = []
     load_backend("abcrown").run(insts, lambda i, v: got.append((i, v)))
     assert len(got) == 2
