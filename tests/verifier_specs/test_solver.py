@@ -176,3 +176,23 @@ def test_models_without_a_batch_axis_are_lifted_and_decided_soundly(tmp_path, na
     values = assignment.parse(a.assignment, parse_text(vm.query(xs, ys, -1, 1, k, 0.0)).declared)
     y = np.asarray(sess.run(None, {"X": values["X"].reshape(xs).astype(np.float32)})[0]).reshape(-1)
     assert y[k] >= top - 0.05 and np.array_equal(y, values["Y"])
+
+
+def test_ceil_mode_max_pooling_is_rewritten_to_floor_mode(tmp_path):
+    from onnx import helper
+
+    m = vm.model([helper.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)],
+                 [1, 1, 3, 3], [1, 1, 2, 2])
+    # the last window holds X[0,0,2,2] alone: Y[0,0,1,1] = X[0,0,2,2] in [-1, 1]
+    assert _ask(tmp_path, m, vm.query((1, 1, 3, 3), (1, 1, 2, 2), -1, 1, 3, 1.01)).result == spec.UNSAT
+    assert _ask(tmp_path, m, vm.query((1, 1, 3, 3), (1, 1, 2, 2), -1, 1, 3, 0.99)).result == spec.SAT
+
+
+def test_unbounded_inputs_can_be_sat_but_never_unsat(tmp_path):
+    head = vm.query((1, 2), (1, 2), 0, 1, 0, 0.0).split("(assert")[0]
+    sat = head + "(assert (>= X[0,0] 3.0))\n(assert (>= Y[0,0] 3.5))\n"  # X[0,1] and X[0,0]'s top unbounded
+    a = _ask(tmp_path, vm.identity(), sat)
+    assert a.result == spec.SAT and assignment.parse(a.assignment, parse_text(sat).declared)["Y"][0] >= 3.5
+    far = head + "(assert (>= X[0,0] 3.0))\n(assert (>= Y[0,0] 5000.0))\n"  # sat, but beyond the search
+    a = _ask(tmp_path, vm.identity(), far)
+    assert a.result == spec.UNKNOWN and "unbounded" in a.note

@@ -10,6 +10,9 @@ so the query's flattened variables are unchanged:
 * :func:`conv1d_as_2d` -- a 1-D ``Conv`` becomes ``Reshape [N,C,1,L]``, a 2-D ``Conv`` with
   kernel ``[O,C,1,k]`` (pads, strides and dilations extended by the neutral ones) and
   ``Reshape [N,O,L']``;
+* :func:`ceil_as_floor` -- a ``MaxPool`` with ``ceil_mode=1`` becomes one with
+  ``ceil_mode=0`` and as much more end padding as gives the same output size (padding never
+  wins a maximum, so the windows and their values are the same);
 * :func:`lift` -- a new leading axis of size 1 on every tensor (input ``[1, *X]``, output
   ``[1, *Y]``): elementwise operations see their constants with a leading 1, axes and
   permutations move by one, ``Reshape`` targets gain a leading 1, ``Flatten`` becomes the
@@ -114,6 +117,38 @@ def conv1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     g.initializer.extend(kept)
     del g.node[:]
     g.node.extend(nodes)
+    return m
+
+
+def ceil_as_floor(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``MaxPool(ceil_mode=1)`` as ``MaxPool(ceil_mode=0)`` with more end padding; the
+    model unchanged if a shape is unknown or onnxruntime disagrees with the rewrite."""
+    if not any(n.op_type == "MaxPool" and _attr(n, "ceil_mode", 0) for n in model.graph.node):
+        return model
+    shapes = _ranks(model)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for n in m.graph.node:
+        if n.op_type != "MaxPool" or not _attr(n, "ceil_mode", 0) or _attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        xs, ys = shapes.get(n.input[0]), shapes.get(n.output[0])
+        if not xs or not ys or min(xs[2:] + ys[2:], default=0) < 1:
+            return model
+        k = list(_attr(n, "kernel_shape"))
+        r = len(k)
+        strides = list(_attr(n, "strides", [1] * r))
+        dil = list(_attr(n, "dilations", [1] * r))
+        pads = list(_attr(n, "pads", [0] * 2 * r))
+        for i in range(r):
+            span = xs[2 + i] + pads[i] + pads[r + i] - (dil[i] * (k[i] - 1) + 1)
+            need = (ys[2 + i] - 1) * strides[i] - span  # extra end padding for floor mode to reach the same count
+            pads[r + i] += max(0, need)
+        _set_attr(n, "pads", pads)
+        _set_attr(n, "ceil_mode", 0)
+    try:
+        _check(model, m, lifted=False)
+    except CannotLift:
+        return model
     return m
 
 
@@ -259,12 +294,12 @@ def lift(model: onnx.ModelProto) -> onnx.ModelProto:
     return lifted
 
 
-def _check(model: onnx.ModelProto, lifted: onnx.ModelProto, samples: int = 8) -> None:
-    """The lifted model must compute what the original does (onnxruntime, random inputs)."""
+def _check(model: onnx.ModelProto, rewritten: onnx.ModelProto, samples: int = 8, lifted: bool = True) -> None:
+    """The rewritten model must compute what the original does (onnxruntime, random inputs)."""
     from usnprune.export.onnx_model import session
 
     try:
-        a, b = session(model), session(lifted)
+        a, b = session(model), session(rewritten)
     except Exception as e:  # onnxruntime refuses an ill-formed rewrite
         raise CannotLift(f"the lifted model does not load: {str(e).splitlines()[0][:200]}") from None
     ia, ib = a.get_inputs()[0], b.get_inputs()[0]
@@ -272,9 +307,9 @@ def _check(model: onnx.ModelProto, lifted: onnx.ModelProto, samples: int = 8) ->
     for _ in range(samples):
         x = rng.uniform(-2, 2, size=[int(d) for d in ia.shape]).astype(np.float32)
         ya = np.asarray(a.run(None, {ia.name: x})[0], dtype=np.float64).reshape(-1)
-        yb = np.asarray(b.run(None, {ib.name: x[None]})[0], dtype=np.float64).reshape(-1)
+        yb = np.asarray(b.run(None, {ib.name: x[None] if lifted else x})[0], dtype=np.float64).reshape(-1)
         if ya.shape != yb.shape or not np.allclose(ya, yb, rtol=1e-5, atol=1e-6, equal_nan=True):
-            raise CannotLift("the lifted model disagrees with the original under onnxruntime")
+            raise CannotLift("the rewritten model disagrees with the original under onnxruntime")
 
 
-__all__ = ["CannotLift", "conv1d_as_2d", "lift", "with_shapes"]
+__all__ = ["CannotLift", "ceil_as_floor", "conv1d_as_2d", "lift", "with_shapes"]

@@ -33,6 +33,7 @@ from usnprune.export.vnnlib import VERSION_1, Property, VnnlibError, parse_file
 from . import assignment, capabilities, lift, spec
 
 NO_TIMEOUT = 1e9  # seconds: no --timeout means "until decided"
+UNBOUNDED_SEARCH = (1.0, 1000.0)  # unbounded inputs: counterexamples are searched this far from the bounds
 RESULT_OF = {"certified": spec.UNSAT, "falsified": spec.SAT, "timeout": spec.TIMED_OUT, "unknown": spec.UNKNOWN}
 
 
@@ -144,7 +145,7 @@ def engine_form(model: onnx.ModelProto, source: str):
     from usnprune.bounds.graph import read_graph
     from usnprune.bounds.operators import UnsupportedModel
 
-    model = lift.conv1d_as_2d(model)
+    model = lift.ceil_as_floor(lift.conv1d_as_2d(model))
     try:
         return read_graph(model), model
     except UnsupportedModel as first:
@@ -167,6 +168,18 @@ def verify(request: Request, started: float | None = None) -> Answer:
     return _decide(prop, graph, form, original, rigorous, request, started)
 
 
+def restricted(prop: Property, reach: float) -> Property:
+    """``prop`` with every unbounded side of an input box cut at ``reach`` from the other side
+    (or from 0): a counterexample in it is one of ``prop``; an unsat proves nothing."""
+    ds = []
+    for d in prop.disjuncts:
+        lo, hi = d.lower.copy(), d.upper.copy()
+        lo = np.where(np.isfinite(lo), lo, np.where(np.isfinite(hi), hi - 2 * reach, -reach))
+        hi = np.where(np.isfinite(hi), hi, np.where(np.isfinite(d.lower), d.lower + 2 * reach, reach))
+        ds.append(dataclasses.replace(d, lower=lo, upper=hi))
+    return dataclasses.replace(prop, disjuncts=ds)
+
+
 def _decide(prop, graph, form, original, rigorous, request, started) -> Answer:
     import torch
 
@@ -180,12 +193,20 @@ def _decide(prop, graph, form, original, rigorous, request, started) -> Answer:
     opts = BuiltinOptions(rigorous_float32=rigorous)
     torch.set_num_threads(thread_share())
     model = bab.PreparedModel(graph, session(form), source=str(request.query))
-    try:
-        out = bab.verify(model, prop, request.timeout or NO_TIMEOUT, opts, start=started)
-    except UsnpruneError as e:
-        raise SolverError(str(e)) from None
-    if out.status == "error":
-        raise SolverError(out.message)
+    bounded = all(np.isfinite(d.lower).all() and np.isfinite(d.upper).all() for d in prop.disjuncts)
+    for searched in ([prop] if bounded else [restricted(prop, r) for r in UNBOUNDED_SEARCH]):
+        try:
+            out = bab.verify(model, searched, request.timeout or NO_TIMEOUT, opts, start=started)
+        except UsnpruneError as e:
+            raise SolverError(str(e)) from None
+        if out.status == "error":
+            raise SolverError(out.message)
+        if out.status in ("falsified", "timeout"):
+            break
+    if out.status != "falsified" and not bounded:
+        return Answer(spec.TIMED_OUT if out.status == "timeout" else spec.UNKNOWN,
+                      note=f"the query leaves inputs unbounded: no counterexample within "
+                           f"{UNBOUNDED_SEARCH[-1]:g} of its bounds, and unsat cannot be proved by splitting")
     if out.status != "falsified":
         return Answer(RESULT_OF[out.status], note=out.message)
     x = np.asarray(out.x, dtype=np.float32).astype(np.float64)
