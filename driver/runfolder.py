@@ -154,11 +154,10 @@ def fingerprint(bench: str | Path, instances: list[Instance]) -> dict[str, str]:
     manifest.csv (when present), every ONNX and VNNLIB file (``missing`` when absent)."""
     root = Path(bench)
     names = [n for n in FINGERPRINTED if (root / n).is_file()]
-    for inst in instances:  # a version folder's files are named from the benchmark's top (2.0/onnx/...)
-        sub = os.path.relpath(inst.root, root.resolve())
-        prefix = "" if sub == "." else sub + "/"
+    for inst in instances:
+        prefix = fingerprint_name(root, inst, "")
         names += [prefix + "instances.csv"] if prefix else []
-        names += [prefix + inst.onnx, prefix + inst.vnnlib]
+        names += [fingerprint_name(root, inst, inst.onnx), fingerprint_name(root, inst, inst.vnnlib)]
     out: dict[str, str] = {}
     for name in names:
         if name not in out:
@@ -169,6 +168,13 @@ def fingerprint(bench: str | Path, instances: list[Instance]) -> dict[str, str]:
             except OSError as e:
                 raise BenchmarkError(f"{root / name}: cannot read ({e.strerror or e})") from None
     return out
+
+
+def fingerprint_name(bench: str | Path, inst: Instance, rel: str) -> str:
+    """The name of an instance's file in a fingerprint: from the benchmark's top, so a
+    version folder's files are ``2.0/onnx/...`` (the worker looks them up by this name too)."""
+    sub = os.path.relpath(inst.root, Path(bench).resolve())
+    return rel if sub == "." else f"{sub}/{rel}"
 
 
 def fingerprint_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:

@@ -19,7 +19,7 @@ from usnprune.verifier_specs.trust import Checker
 
 from usnprune.files import hash_file
 
-from .runfolder import RunSpec, load_manifest, make_row
+from .runfolder import RunSpec, fingerprint_name, load_manifest, make_row
 from .store import CAUSE_INFRASTRUCTURE, ResultStore, StoreError
 
 
@@ -66,16 +66,17 @@ def run_chunk(spec: RunSpec, run_dir: Path, instances: list[Instance], writer: s
 
     def changed(inst: Instance) -> str | None:
         for rel in (inst.onnx, inst.vnnlib):
-            want = spec.fingerprint.get(rel)
+            name = fingerprint_name(spec.bench, inst, rel)  # 2.0/onnx/... in a version folder
+            want = spec.fingerprint.get(name)
             if want is None or want == "missing":
                 continue  # an older run.json, or a file that was already missing (the backend reports it)
-            if rel not in hashes:
+            if name not in hashes:
                 try:
-                    hashes[rel] = hash_file(inst.root / rel)
+                    hashes[name] = hash_file(inst.root / rel)
                 except OSError:
-                    hashes[rel] = "missing"
-            if hashes[rel] != want:
-                return f"{rel} changed since the run started (its SHA-256 differs from run.json); not verified"
+                    hashes[name] = "missing"
+            if hashes[name] != want:
+                return f"{name} changed since the run started (its SHA-256 differs from run.json); not verified"
         return None
 
     def store_row(inst: Instance, verdict: Verdict, violated, cause: str | None = None, check_time=None) -> None:

@@ -52,7 +52,8 @@ def world(tmp_path_factory):
     assert main(["train", "--config", str(w / "train.yaml")]) == 0
     ckpt = w / "dense" / "model.pt"
     assert main(["export", "--checkpoint", str(ckpt), "--category", "tiny", "--data", str(w / "data"), "--out",
-                 str(w / "bench"), "--delta", "1", "--images", "1", "--pool", "1", "--timeout", "10"]) == 0
+                 str(w / "bench"), "--delta", "1", "--images", "1", "--pool", "1", "--timeout", "10",
+                 "--vnnlib-version", "1"]) == 0  # 1.0/ only: the variants below edit VNN-LIB 1.0 text
     assert main(["verify", str(w / "bench"), "--out", str(w / "run"), "--executor", "serial"]) == 0
 
     blob = torch.load(ckpt, weights_only=True)
@@ -70,15 +71,15 @@ def world(tmp_path_factory):
         shutil.copytree(w / "bench", dst)
         return dst
 
-    rows = (w / "bench" / "instances.csv").read_text().splitlines()
+    rows = (w / "bench" / "1.0" / "instances.csv").read_text().splitlines()
     onnx0, vnn0, t0 = rows[0].split(",")
-    b = bench_copy("bench_binary_csv")
+    b = bench_copy("bench_binary_csv") / "1.0"
     (b / "instances.csv").write_bytes(b"\xff\xfe\x00onnx\x00\x81\n")
-    b = bench_copy("bench_empty_box")
+    b = bench_copy("bench_empty_box") / "1.0"
     (b / vnn0).write_text((b / vnn0).read_text().replace("(assert (>= X_0 0.9))", "(assert (>= X_0 1.5))"))
-    b = bench_copy("bench_inf_threshold")
+    b = bench_copy("bench_inf_threshold") / "1.0"
     (b / vnn0).write_text(_inf_threshold((b / vnn0).read_text()))
-    b = bench_copy("bench_nan_onnx")
+    b = bench_copy("bench_nan_onnx") / "1.0"
     m = onnx.load(b / onnx0)
     for t in m.graph.initializer:
         if numpy_helper.to_array(t).dtype.kind == "f" and numpy_helper.to_array(t).size > 1:
@@ -87,9 +88,9 @@ def world(tmp_path_factory):
             t.CopyFrom(numpy_helper.from_array(arr, t.name))
             break
     onnx.save(m, b / onnx0)
-    b = bench_copy("bench_dup")
+    b = bench_copy("bench_dup") / "1.0"
     (b / "instances.csv").write_text("\n".join(rows + [f"./{onnx0},{vnn0},{t0}"]) + "\n")
-    b = bench_copy("bench_escape")
+    b = bench_copy("bench_escape") / "1.0"
     (b / "instances.csv").write_text(f"../bench/{onnx0},{vnn0},{t0}\n")
     (w / "base.yaml").write_text("backend: base\n")
 
@@ -418,7 +419,8 @@ def test_full_disk_export(world, small_disk, capsys):
     line = _one_line(EXPORT[:1] + [a.replace("{w}", str(world)) for a in EXPORT[1:]]
                      + ["--out", small_disk / "bench", "--images", "2", "--delta", "0.5", "1"], capsys)
     assert "No space left on device" in line
-    assert not (small_disk / "bench" / "instances.csv").exists() and not (small_disk / "bench" / "benchmark.json").exists()
+    assert not any((small_disk / "bench" / v / "instances.csv").exists() for v in ("1.0", "2.0"))
+    assert not (small_disk / "bench" / "benchmark.json").exists()
 
 
 def test_full_disk_verify_then_resume_with_room(world, small_disk, capsys):

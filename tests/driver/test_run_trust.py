@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from usnprune.driver.cli import main
-from usnprune.driver.runfolder import RunLock, RunSpec, load_instances
+from usnprune.driver.runfolder import RunLock, RunSpec, fingerprint_name, load_instances
 from usnprune.driver.store import CAUSE_INFRASTRUCTURE, CAUSE_INSTANCE, ResultStore
 from usnprune.driver.verify import verify
 from usnprune.driver.worker import Abandoned, run_chunk
@@ -28,8 +28,8 @@ def small_bench(bench, tmp_path):
     """A copy of the shared benchmark cut to its first 4 instances (one ONNX file)."""
     out = tmp_path / "bench"
     shutil.copytree(bench, out)
-    rows = (out / "instances.csv").read_text().splitlines()[:4]
-    (out / "instances.csv").write_text("\n".join(rows) + "\n")
+    rows = (out / "2.0" / "instances.csv").read_text().splitlines()[:4]  # the folder the builtin runs
+    (out / "2.0" / "instances.csv").write_text("\n".join(rows) + "\n")
     return out
 
 
@@ -45,7 +45,8 @@ def test_run_json_holds_the_fingerprint_of_every_file(small_bench, tmp_path):
     verify(small_bench, tmp_path / "run", executor="serial", log=_quiet)
     spec = RunSpec.load(tmp_path / "run")
     insts = load_instances(small_bench)
-    want = {"instances.csv", "benchmark.json", "manifest.csv"} | {i.onnx for i in insts} | {i.vnnlib for i in insts}
+    want = {"2.0/instances.csv", "benchmark.json", "manifest.csv"} | {f"2.0/{i.onnx}" for i in insts} \
+        | {f"2.0/{i.vnnlib}" for i in insts}
     assert set(spec.fingerprint) == want
     assert all(len(h) == 64 for h in spec.fingerprint.values())
     assert spec.profile["backend"] == "builtin"
@@ -78,8 +79,8 @@ def _box(eps):
 
 def test_a_changed_vnnlib_is_named_on_resume(small_bench, tmp_path):
     verify(small_bench, tmp_path / "run", executor="serial", log=_quiet)
-    vnn = load_instances(small_bench)[2].vnnlib
-    p = small_bench / vnn
+    inst = load_instances(small_bench)[2]
+    vnn, p = inst.vnnlib, inst.vnnlib_path
     p.write_text(p.read_text().replace("0.9", "0.5", 1))
     with pytest.raises(ConfigError, match=f"{vnn} changed"):
         verify(small_bench, tmp_path / "run", resume=True, executor="serial", log=_quiet)
@@ -109,7 +110,9 @@ def test_a_file_changed_during_the_run_gets_an_error_row_not_a_verdict(small_ben
     verify(small_bench, run, executor="serial", log=_quiet)
     spec = RunSpec.load(run)
     insts = load_instances(small_bench)
-    spec.fingerprint[insts[0].vnnlib] = "0" * 64  # what the run started with differs from the file now
+    name = fingerprint_name(small_bench, insts[0], insts[0].vnnlib)
+    assert name == f"2.0/{insts[0].vnnlib}" and name in spec.fingerprint  # the worker's name is the fingerprint's
+    spec.fingerprint[name] = "0" * 64  # what the run started with differs from the file now
     run_chunk(spec, run, insts[:2], "w-test")
     rows = ResultStore(run).rows()
     r0, r1 = rows[insts[0].key], rows[insts[1].key]
@@ -156,14 +159,15 @@ def test_a_row_that_cannot_be_sent_stops_the_chunk_without_an_error_row(small_be
 
 
 def test_two_spellings_of_one_file_are_one_instance(small_bench, tmp_path):
-    rows = (small_bench / "instances.csv").read_text().splitlines()
+    listed = small_bench / "2.0" / "instances.csv"
+    rows = listed.read_text().splitlines()
     onnx, vnn, t = rows[0].split(",")
-    (small_bench / "instances.csv").write_text("\n".join(rows + [f"./{onnx},{vnn.replace('/', '//')},{t}"]) + "\n")
+    listed.write_text("\n".join(rows + [f"./{onnx},{vnn.replace('/', '//')},{t}"]) + "\n")
     from usnprune.driver.runfolder import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="listed twice"):
         load_instances(small_bench)
-    (small_bench / "instances.csv").write_text(f"../outside.onnx,{vnn},{t}\n")
+    listed.write_text(f"../outside.onnx,{vnn},{t}\n")
     with pytest.raises(BenchmarkError, match="no '..'"):
         load_instances(small_bench)
 
