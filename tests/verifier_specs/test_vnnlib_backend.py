@@ -190,9 +190,8 @@ def test_a_wrong_assignment_never_becomes_falsified(bench):
 
 
 def test_the_solver_is_told_the_timeout_and_honours_it(bench):
-    t0 = time.monotonic()
     _, v = _run(bench, "slow_unsat", timeout=1.0)  # delay 5 s > --timeout 1: it answers timed-out at 1 s
-    assert v.status == "timeout" and time.monotonic() - t0 < 4.5, v.message
+    assert v.status == "timeout" and "hard limit" not in v.message, v.message  # its own answer, not our kill
 
 
 def test_a_solver_that_ignores_the_timeout_is_killed_with_its_children(bench, tmp_path):
@@ -200,9 +199,8 @@ def test_a_solver_that_ignores_the_timeout_is_killed_with_its_children(bench, tm
     pidfile = tmp_path / "child.pid"
     script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
-    t0 = time.monotonic()
     _, v = _run(bench, "plain_unsat", timeout=1.0, command=[str(script)], slack=1.0)
-    assert v.status == "timeout" and "hard limit of 2 s" in v.message and time.monotonic() - t0 < 10
+    assert v.status == "timeout" and "hard limit of 2 s" in v.message  # killed by us (it sleeps 300 s)
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while Path(f"/proc/{child}").exists() and "Z" not in _state(child) and time.monotonic() < deadline:
