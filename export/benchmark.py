@@ -330,6 +330,8 @@ def _save_model(model: onnx.ModelProto, paths: list[Path]) -> None:
         if k == 0:
             onnx.save(model, p)
             continue
+        if p.exists() or p.is_symlink():  # written for an earlier pool sample with this image id: as the first path
+            p.unlink()
         try:
             os.link(paths[0], p)
         except OSError:

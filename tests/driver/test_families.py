@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from usnprune.driver.experiment import run_experiment
+from usnprune.driver.runfolder import benchmark_file
 from usnprune.driver.verify import verify
 from usnprune.export.benchmark import ExportConfig, export_benchmark
 from usnprune.export.vnnlib import parse_file
@@ -43,10 +44,10 @@ def attack(bench, run, box: Box) -> dict:
     outputs: dict[str, np.ndarray] = {}
     counts = {"certified": 0, "refuted": 0, "falsified": 0, "replayed": 0}
     for r in rows.itertuples():
-        prop = parse_file(bench / r.vnnlib)
+        prop = parse_file(benchmark_file(bench, r.vnnlib))
         if r.verdict == "certified":
             if r.onnx not in outputs:
-                outputs[r.onnx] = evaluate(get_session(str(bench / r.onnx)), pts)
+                outputs[r.onnx] = evaluate(get_session(str(benchmark_file(bench, r.onnx))), pts)
             bad = np.zeros(len(pts), bool)
             for d in prop.disjuncts:
                 bad |= d.contains(pts) & d.holds(outputs[r.onnx])
@@ -56,7 +57,7 @@ def attack(bench, run, box: Box) -> dict:
             x = np.array(json.loads(r.cex), dtype=float)
             assert len(x) == box.k
             counts["falsified"] += 1
-            counts["replayed"] += int(replay(str(bench / r.onnx), prop, x).ok)
+            counts["replayed"] += int(replay(str(benchmark_file(bench, r.onnx)), prop, x).ok)
     return counts
 
 
@@ -68,7 +69,8 @@ def test_channel_gain_bias_end_to_end_on_rgb_and_sampling_never_refutes(tmp_path
 
     meta = json.loads((out / "export" / "bench" / "benchmark.json").read_text())
     assert meta["family"] == "channel_gain_bias" and meta["input_names"] == ["c_r", "c_g", "c_b", "b_r", "b_g", "b_b"]
-    model = onnx.load(out / "export" / "bench" / meta["categories"][0]["onnx"][next(iter(meta["categories"][0]["onnx"]))])
+    first = meta["categories"][0]["onnx"]
+    model = onnx.load(benchmark_file(out / "export" / "bench", first[next(iter(first))]))
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:] == [6]
     assert json.loads((out / "train" / "seed0" / "train_metrics.json").read_text())["eval_split"] == "test"
     summary = pd.read_csv(out / "report" / "summary.csv")

@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from usnprune.driver.runfolder import BenchmarkError, benchmark_root, load_instances, load_manifest
+from usnprune.driver.runfolder import BenchmarkError, RunSpec, benchmark_root, load_instances, load_manifest
 from usnprune.driver.verify import verify
 from usnprune.export.benchmark import ExportConfig, export_benchmark
 
@@ -36,6 +36,8 @@ def test_the_1_0_and_2_0_query_of_every_instance_give_the_same_verdict(bench, tm
     assert (one["verdict"] == two.loc[one.index, "verdict"]).all(), pd.concat([one["verdict"], two["verdict"]], axis=1)
     assert {"certified", "falsified"} <= set(one["verdict"])  # 1 px holds, 0.05 px breaks
     assert one["category"].eq("tiny").all() and one["keypoint_name"].notna().all()  # the parent's manifest
+    fam = RunSpec.load(tmp_path / "one").family  # benchmark.json read from the parent of 1.0/, too
+    assert fam is not None and fam == RunSpec.load(tmp_path / "two").family
     fals = one["verdict"] == "falsified"
     assert (one.loc[fals, "cex_c"] == two.loc[fals[fals].index, "cex_c"]).all()  # the same replayed points
 
