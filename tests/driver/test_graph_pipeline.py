@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from usnprune.driver.experiment import run_experiment
+from usnprune.driver.runfolder import benchmark_file
 from usnprune.export.vnnlib import parse_file
 from usnprune.pruner.models import load_checkpoint
 from usnprune.pruner.perturbation import Box
@@ -45,7 +46,7 @@ def test_residual_model_end_to_end_and_sampling_never_refutes(tmp_path):
         assert rep["units_after"] == round(rep["units_before"] * 0.5) and rep["parameters"] < rep["parameters_before"]
     bench, run = out / "export" / "bench", out / "verify" / "builtin"
     meta = json.loads((bench / "benchmark.json").read_text())
-    ops = {n.op_type for n in onnx.load(bench / next(iter(meta["categories"][0]["onnx"].values()))).graph.node}
+    ops = {n.op_type for n in onnx.load(benchmark_file(bench, next(iter(meta["categories"][0]["onnx"].values())))).graph.node}
     assert {"MaxPool", "Add", "Conv", "Gemm"} <= ops and "BatchNormalization" not in ops
     summary = pd.read_csv(out / "report" / "summary.csv")
     assert set(summary["network"]) == {"dense-seed0", "usn_w-0.5-seed0", "magnitude-0.5-seed0"}
@@ -56,10 +57,10 @@ def test_residual_model_end_to_end_and_sampling_never_refutes(tmp_path):
     counts = {"certified": 0, "refuted": 0, "falsified": 0, "replayed": 0}
     outputs: dict[str, np.ndarray] = {}
     for r in pd.read_csv(run / "instances.csv").itertuples():
-        prop = parse_file(bench / r.vnnlib)
+        prop = parse_file(benchmark_file(bench, r.vnnlib))
         if r.verdict == "certified":
             if r.onnx not in outputs:
-                outputs[r.onnx] = evaluate(get_session(str(bench / r.onnx)), pts)
+                outputs[r.onnx] = evaluate(get_session(str(benchmark_file(bench, r.onnx))), pts)
             bad = np.zeros(len(pts), bool)
             for d in prop.disjuncts:
                 bad |= d.contains(pts) & d.holds(outputs[r.onnx])
@@ -67,7 +68,7 @@ def test_residual_model_end_to_end_and_sampling_never_refutes(tmp_path):
             counts["refuted"] += int(bad.any())
         elif r.verdict == "falsified":
             counts["falsified"] += 1
-            counts["replayed"] += int(replay(str(bench / r.onnx), prop, np.array(json.loads(r.cex), float)).ok)
+            counts["replayed"] += int(replay(str(benchmark_file(bench, r.onnx)), prop, np.array(json.loads(r.cex), float)).ok)
     assert counts["refuted"] == 0, counts  # no certified verdict broken by any sample
     assert counts["replayed"] == counts["falsified"], counts
     assert counts["certified"] > 0 and counts["falsified"] > 0, counts  # neither check is vacuous

@@ -120,7 +120,7 @@ def test_user_module_exports_verifies_and_dense_sampling_refutes_no_certificate(
     pts = parity_points(box)
     assert len(pts) >= 25 and any((pts == c).all(1).any() for c in box.corners()) and (pts == box.identity()).all(1).any()
     for image_id, rel in cat["onnx"].items():
-        model = onnx.load(bench / rel)
+        model = onnx.load(bench / "2.0" / rel)
         assert model.opset_import[0].version == 13 and model.ir_version == 7
         assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 2]
         lit = perturbation.apply(np.repeat(images[image_id][None], len(pts), 0), pts)
@@ -144,7 +144,7 @@ def test_user_module_exports_verifies_and_dense_sampling_refutes_no_certificate(
         image_id = str(r.image)
         if image_id not in outputs:
             outputs[image_id] = original(perturbation.apply(np.repeat(images[image_id][None], len(dense), 0), dense))
-        prop = parse_file(bench / r.vnnlib)
+        prop = parse_file(bench / "2.0" / r.vnnlib)
         bad = np.zeros(len(dense), bool)
         for d in prop.disjuncts:
             bad |= d.contains(dense) & d.holds(outputs[image_id])
@@ -157,7 +157,7 @@ def test_user_module_exports_verifies_and_dense_sampling_refutes_no_certificate(
         x = np.array(json.loads(r.cex), dtype=float)
         assert box.contains(x, 1e-6).all()
         y = original(perturbation.apply(images[str(r.image)][None], x[None]))[0]
-        assert any(d.holds(y[None], 1e-4)[0] for d in parse_file(bench / r.vnnlib).disjuncts)  # VNN-COMP's tolerance
+        assert any(d.holds(y[None], 1e-4)[0] for d in parse_file(bench / "2.0" / r.vnnlib).disjuncts)  # VNN-COMP's tolerance
 
 
 def _agrees_with_onnxsim_intervals(model, g, box, samples):
@@ -188,7 +188,7 @@ def test_output_layouts_and_normalized_coordinates_give_the_same_instance_model(
         assert stats["max_parity_error_px"] <= 1e-4
         meta = json.loads((bench / "benchmark.json").read_text())
         (rel,) = meta["categories"][0]["onnx"].values()
-        outs[name] = run(session(onnx.load(bench / rel)), parity_points(Box()))
+        outs[name] = run(session(onnx.load(bench / "2.0" / rel)), parity_points(Box()))
         assert meta["categories"][0]["output_layout"] == ("K,2" if name == "rows" else "2K")
     assert outs["px"].shape == (len(parity_points(Box())), 2 * K)
     assert np.max(np.abs(outs["rows"] - outs["px"])) <= 1e-5
