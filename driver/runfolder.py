@@ -133,7 +133,7 @@ def benchmark_file(bench: str | Path, rel: str) -> Path:
     return root / rel
 
 
-def _top(bench: str | Path, name: str) -> Path:
+def benchmark_top(bench: str | Path, name: str) -> Path:
     """The folder holding the benchmark-wide file ``name`` (manifest.csv, benchmark.json):
     ``bench``, or its parent when ``bench`` is a version folder (``1.0/``, ``2.0/``) given on its own."""
     root = Path(bench)
@@ -144,7 +144,7 @@ def load_manifest(bench: str | Path) -> dict[str, dict]:
     """manifest.csv rows by instance key (empty for folders usnprune did not write). A
     version folder (``1.0/``, ``2.0/``) given on its own reads its parent's manifest, whose
     paths hold in both."""
-    path = _top(bench, "manifest.csv") / "manifest.csv"
+    path = benchmark_top(bench, "manifest.csv") / "manifest.csv"
     if not path.is_file():
         return {}
     try:
@@ -278,7 +278,7 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
                           if spec.profile.get(k) != _plain(profile).get(k))
             raise ConfigError(f"{run_dir}: the {backend} profile changed since that run started ({', '.join(keys)}); "
                               f"resume with the profile it used, or choose another --out")
-        now = benchmark_family(_top(bench, "benchmark.json"))
+        now = benchmark_family(benchmark_top(bench, "benchmark.json"))
         if spec.family is not None and now is not None and spec.family != now:
             raise ConfigError(f"{run_dir}: that run verified {bench_abs} with the lighting family "
                               f"{spec.family['family']} (k={spec.family['k']}); the benchmark now has {now['family']} "
@@ -302,7 +302,7 @@ def prepare_run(bench: str | Path, out: str | Path, backend: str, options: dict,
         raise ConfigError(f"{run_dir}: the run folder is not writable")
     spec = RunSpec(bench_abs, backend, dict(options), timeout, uuid.uuid4().hex[:8],
                    datetime.datetime.now().isoformat(timespec="seconds"), _plain(profile), fingerprint=prints,
-                   family=benchmark_family(_top(bench, "benchmark.json")))
+                   family=benchmark_family(benchmark_top(bench, "benchmark.json")))
     spec.save(run_dir)
     return spec
 

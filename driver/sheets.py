@@ -23,6 +23,7 @@ import pandas as pd
 from usnprune.progress import bar as progress_bar
 from usnprune.verifier_specs.replay import evaluate, get_session
 
+from .runfolder import benchmark_file
 from .tables import VERDICT_COLORS, ReportError, load_benchmark_meta
 
 COLS = 6  # panels per row
@@ -161,7 +162,7 @@ def contact_sheet(df: pd.DataFrame, bench: Path, meta: dict, path: Path) -> None
 
     df = df.assign(violated_at_identity_b=df["violated_at_identity"].map(lambda v: str(v).lower() in ("true", "1")))
     images = list(df.groupby("onnx", sort=True))
-    fronts = {onnx_rel: Front(bench / onnx_rel) for onnx_rel, _ in images}
+    fronts = {onnx_rel: Front(benchmark_file(bench, onnx_rel)) for onnx_rel, _ in images}  # 2.0/onnx/... too
     theta0 = identity(meta)
     bad = df[(df["verdict"] == "falsified") & ~df["left_out"]]
     left_out = df[df["left_out"]]

@@ -27,7 +27,7 @@ import pandas as pd
 from usnprune.errors import UsnpruneError
 from usnprune.verifier_specs.base import STATUSES
 
-from .runfolder import RUN_FILE, RunSpec, table
+from .runfolder import RUN_FILE, RunSpec, benchmark_top, table
 
 VERDICT_COLORS = {"certified": "#2ca02c", "falsified": "#d62728", "timeout": "#ff7f0e", "unknown": "#7f7f7f",
                   "error": "#000000", "missing": "#9467bd"}
@@ -47,7 +47,7 @@ def _truthy(s: pd.Series) -> pd.Series:
 
 def load_benchmark_meta(bench: str | Path) -> dict:
     """benchmark.json of a usnprune benchmark ({} for a foreign folder)."""
-    path = Path(bench) / "benchmark.json"
+    path = benchmark_top(bench, "benchmark.json") / "benchmark.json"  # beside a version folder given alone
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
     if df.empty:
         raise ReportError(f"{run}: the run has no finished instance yet")
     _check_rows(df, run)
-    manifest_path = Path(spec.bench) / "manifest.csv"
+    manifest_path = benchmark_top(spec.bench, "manifest.csv") / "manifest.csv"
     if manifest_path.is_file():
         df = _join_manifest(df, pd.read_csv(manifest_path))
     else:
