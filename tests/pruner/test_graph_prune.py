@@ -260,6 +260,7 @@ def test_user_module_exports_and_builtin_certificates_survive_sampling(user_modu
     """The user module (residual Add, MaxPool, Concat, depthwise and grouped conv) through
     export (parity checked there) and the builtin verifier; every certified verdict is
     attacked with the identity, the corners and 2000 uniform points through onnxruntime."""
+    from usnprune.driver.runfolder import benchmark_file
     from usnprune.driver.verify import verify
     from usnprune.export.benchmark import ExportConfig, export_benchmark
     from usnprune.export.vnnlib import parse_file
@@ -270,7 +271,7 @@ def test_user_module_exports_and_builtin_certificates_survive_sampling(user_modu
     bench, run = tmp_path / "bench", tmp_path / "run"
     stats = export_benchmark(ExportConfig(checkpoints=["usernet:make"], categories=["user"], data=str(rgb_data),
                                           out=str(bench), perturbation=box, deltas=[0.002], images=1, pool=1,
-                                          timeout=3, reference="prediction"), log=lambda s: None)
+                                          timeout=10, reference="prediction"), log=lambda s: None)
     assert stats["max_parity_error_px"] <= 1e-4
     verify(bench, run, executor="serial", log=lambda s: None)
     import pandas as pd
@@ -280,6 +281,6 @@ def test_user_module_exports_and_builtin_certificates_survive_sampling(user_modu
     certified = rows[rows["verdict"] == "certified"]
     assert len(certified) > 0, rows["verdict"].value_counts()
     for r in certified.itertuples():
-        out = evaluate(get_session(str(bench / r.onnx)), pts)
-        for d in parse_file(bench / r.vnnlib).disjuncts:
+        out = evaluate(get_session(str(benchmark_file(bench, r.onnx))), pts)
+        for d in parse_file(benchmark_file(bench, r.vnnlib)).disjuncts:
             assert not (d.contains(pts) & d.holds(out)).any(), r.vnnlib  # no sample refutes a certificate
