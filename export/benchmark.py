@@ -251,6 +251,12 @@ def export_benchmark(cfg: ExportConfig, log: Callable[[str], None] = print) -> d
     for net in nets:
         net.check_keypoints(k, described)
     labelled = np.flatnonzero((np.asarray(ds.flags) >= 1).any(axis=1))
+    # one sample per image: a COCO image with several persons gives one (bbox-cropped) sample
+    # each, but instance models and property files are named by image id, so two samples of
+    # one image would overwrite each other's model. The first labelled annotation stands for
+    # its image (docs/dataset.md); images with one sample (all synthetic data) are unaffected.
+    _, first = np.unique(np.asarray(ds.image_ids)[labelled], return_index=True)
+    labelled = labelled[np.sort(first)]
     if len(labelled) == 0:
         raise BenchmarkError(f"{cfg.data}: no {cfg.split} image has a labelled keypoint")
     for flag, want in (("--images", cfg.images), ("--pool", cfg.pool)):

@@ -4,6 +4,7 @@ goes through train, eval and export as it comes; bad data, families and boxes ar
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,6 +47,9 @@ def test_a_person_keypoints_file_through_train_eval_and_export(person, capsys, t
     meta = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert meta["family"] == "channel_gain_bias" and len(meta["input_lower"]) == 6
     assert len(meta["keypoint_names"]) == 17 and meta["data"]["test"]["annotations"] == str(path)
+    # the file has an image with two persons: one sample per image, so no model overwrites another
+    ids = np.load(tmp_path / "bench" / "properties.npz")["image_ids"]
+    assert len(ids) == len(set(ids.tolist())) == len(next(iter(meta["categories"]))["onnx"])
 
 
 def _broken(tmp_path, person, edit):
