@@ -130,17 +130,7 @@ def build_model(image: np.ndarray, plain: nn.Sequential, doc: str = "",
             raise ExportError(f"layer {i}: {type(layer).__name__} is not exportable")
         cur, k = out, k + 1
     n_out = layers[-1].out_features
-    graph = helper.make_graph(
-        nodes, "usnprune_keypoints",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_params])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_out])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="usnprune", doc_string=doc)
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return _model(nodes, inits, n_params, n_out, doc)
 
 
 # ---- graph networks (GraphNet) -------------------------------------------------------
@@ -203,10 +193,16 @@ def build_graph_model(image: np.ndarray, net: nn.Module, doc: str = "",
         out_shape = list(copy.deepcopy(net).float().eval()(torch.zeros(1, c, h, w)).shape)
     if len(out_shape) != 2 or out_shape[1] < 2 or out_shape[1] % 2:
         raise ExportError(f"the network's output has shape {out_shape}, expected [batch, 2K]")
+    return _model(nodes, inits, family(fam).k, out_shape[1], doc)
+
+
+def _model(nodes, inits, n_params: int, n_out: int, doc: str) -> onnx.ModelProto:
+    """The instance model around ``nodes``: input X [batch, k], output Y [batch, 2K], our
+    fixed opset and IR version, checked."""
     graph = helper.make_graph(
         nodes, "usnprune_keypoints",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", family(fam).k])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", out_shape[1]])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_params])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_out])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
