@@ -11,13 +11,13 @@ from usnprune.driver.experiment import run_experiment
 from usnprune.errors import ConfigError
 
 TINY = {
-    "data": {"synth": {"n_train": 300, "n_test": 30, "size": 32, "seed": 0}},
-    "train": {"arch": "tiny", "optim": {"epochs": 2, "batch_size": 32, "lr": 0.003}},
+    "data": {"synth": {"n_train": 160, "n_test": 20, "size": 32, "seed": 0}},
+    "train": {"arch": "tiny", "optim": {"epochs": 1, "batch_size": 32, "lr": 0.003}},
     "eval": {"perturbation": {"eps_c": 0.1, "eps_b": 0.1}, "deltas": [1.0], "grid": 5},
     "prune": {"methods": ["random", "usn_w"], "sparsities": [0.5],
-              "calibration": {"images": 16, "perturbations": 8}, "eval_grid": 5,
+              "calibration": {"images": 8, "perturbations": 6}, "eval_grid": 3,
               "schedule": {"steps": 2, "reg_epochs": 1, "finetune_epochs": 0, "final_epochs": 1}},
-    "export": {"deltas": [1.0], "images": 2, "pool": 2, "timeout": 10},
+    "export": {"deltas": [1.0], "images": 1, "pool": 1, "timeout": 10},
     "verify": {"backends": ["builtin"]},
     "report": {"sheets": True},
 }
@@ -29,7 +29,12 @@ def _write(tmp_path, cfg, name="exp.yaml"):
     return p
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
+    """Every stage on a tiny experiment (one image per network, both references: 60
+    instances), the report's files and its certified <= clean/empirical bounds, the
+    progressive schedule's exact target width; then a second run finds all 7 stages up to
+    date and a changed stage is refused."""
     cfg = dict(TINY, out=str(tmp_path / "out"))
     exp = _write(tmp_path, cfg)
     logs = []
