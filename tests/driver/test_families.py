@@ -22,10 +22,10 @@ from usnprune.verifier_specs.replay import evaluate, get_session, replay
 
 EXPERIMENT = {
     "family": "channel_gain_bias",  # every box of the experiment; the synthetic data becomes RGB
-    "data": {"synth": {"n_train": 300, "n_test": 30, "size": 32, "seed": 0}},
-    "train": {"arch": "tiny", "optim": {"epochs": 3, "batch_size": 32, "lr": 0.003}},
+    "data": {"synth": {"n_train": 200, "n_test": 20, "size": 32, "seed": 0}},
+    "train": {"arch": "tiny", "optim": {"epochs": 2, "batch_size": 32, "lr": 0.003}},
     "prune": {"methods": ["usn", "usn_w", "random", "magnitude"], "sparsities": [0.5],
-              "calibration": {"images": 16, "perturbations": 8}, "eval_grid": 3,
+              "calibration": {"images": 8, "perturbations": 6}, "eval_grid": 3,
               "schedule": {"steps": 1, "reg_epochs": 1, "finetune_epochs": 0, "final_epochs": 1}},
     # a tolerance the networks' clean predictions break under the box, and one they keep
     "export": {"perturbation": {"eps_c": 0.02, "eps_b": 0.02}, "deltas": [0.05, 1.0], "reference": "prediction",
@@ -62,6 +62,7 @@ def attack(bench, run, box: Box) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_channel_gain_bias_end_to_end_on_rgb_and_sampling_never_refutes(tmp_path):
     cfg = dict(EXPERIMENT, out=str(tmp_path / "out"))
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
