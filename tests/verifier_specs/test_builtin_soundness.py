@@ -1,6 +1,6 @@
 """Soundness of the builtin verifier: no certified instance may be refuted by a sample.
 
-Random and briefly trained 32x32 networks, several images, every keypoint, tolerances from
+Random and briefly trained 32x32 networks, an image each, every keypoint, tolerances from
 tight to loose (relative to the largest shift seen on a grid), so that certified,
 falsified and undecided verdicts all occur. Every ``certified`` is attacked with a 101 x 101
 grid plus random points run through onnxruntime; every ``falsified`` must replay.
@@ -25,7 +25,11 @@ from usnprune.verifier_specs.replay import replay
 # times the largest shift seen on a 41 x 41 grid; at 1.0 a grid point sits exactly on the
 # boundary (ref + shift == u there, exactly in float64), so it must never be certified
 REL_DELTAS = (0.5, 1.0, 1.02, 1.5, 3.0)
-TIMEOUT = 2.0
+# the certifiable and the tight instances decide in < 1 s (up to 2 s under load, where 2 s
+# made "some certified" flaky); at the boundary (1.0), never certifiable, the search may
+# run thousands of sub-boxes to a counterexample or to the deadline: 2 s is enough there
+TIMEOUT = 5.0
+BOUNDARY_TIMEOUT = 2.0
 
 
 def violations(prop, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -62,16 +66,21 @@ def _instances(folder, net, image, tag):
 
 @pytest.mark.parametrize("net_name", ["random-tiny-0", "random-small-1", "trained-tiny-2", "trained-small-3"])
 def test_certified_instances_survive_dense_attack(net_name, nets, images, attack_points, backend, tmp_path):
+    """Every keypoint of one image at five tolerances (40 instances; a second image doubled
+    the time): no certified verdict is refuted by the 101 x 101 grid
+    plus 2000 uniform points, none is certified with a grid point on its boundary, every
+    counterexample replays, and both certified and falsified occur."""
     statuses = {}
-    for i, image in enumerate(images[:2]):
+    for i, image in enumerate(images[:1]):
         model, insts = _instances(tmp_path, nets[net_name], image, f"{net_name}_img{i}")
         y_attack = run(session(model), attack_points)
         for op, vp in insts:
-            v = backend.verify(Instance(tmp_path, op.name, vp.name, TIMEOUT))
+            at_boundary = vp.name.endswith("_1.vnnlib")
+            v = backend.verify(Instance(tmp_path, op.name, vp.name, BOUNDARY_TIMEOUT if at_boundary else TIMEOUT))
             statuses[v.status] = statuses.get(v.status, 0) + 1
             prop = parse_file(vp)
             if v.status == "certified":
-                assert not vp.name.endswith("_1.vnnlib"), f"{vp.name}: certified with a grid point on the boundary"
+                assert not at_boundary, f"{vp.name}: certified with a grid point on the boundary"
                 bad = violations(prop, attack_points, y_attack)
                 assert not bad.any(), f"{vp.name}: certified, but {attack_points[bad][0]} violates it"
             elif v.status == "falsified":
