@@ -24,6 +24,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from .onnx_file import ModelParts, read_parts
 from .operators import REGISTRY, AffineRule, NodeInfo, Rule, UnsupportedModel, supported_ops
 from .operators.base import DTYPE
 
@@ -150,27 +151,36 @@ def _node_name(node: onnx.NodeProto, k: int) -> str:
     return node.name or (node.output[0] if node.output else f"#{k}")
 
 
-def load_model(source) -> onnx.ModelProto:
-    if isinstance(source, onnx.ModelProto):
+def load_model(source) -> ModelParts:
+    """A path read by :func:`onnx_file.read_parts` (large weights read straight into arrays),
+    a ModelProto or ModelParts as they are."""
+    if isinstance(source, ModelParts):
         return source
+    if isinstance(source, onnx.ModelProto):
+        return ModelParts(source, {}, Path())
     p = Path(source)
     if not p.is_file():
         raise ModelError(f"{p}: no such ONNX file")
     try:
-        return onnx.load(str(p))
+        return read_parts(p)
+    except OSError:
+        raise
     except Exception as e:  # protobuf raises several types for a corrupt file
         raise ModelError(f"{p}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def read_graph(source) -> Graph:
-    """Build a :class:`Graph` from an ONNX path or ModelProto; UnsupportedModel on refusal."""
-    model = load_model(source)
+    """Build a :class:`Graph` from an ONNX path, ModelProto or :class:`ModelParts`;
+    UnsupportedModel on refusal. The large weights of ModelParts are used as they are (the
+    verifier shares them with its onnxruntime session)."""
+    parts = load_model(source)
+    model, big = parts.model, parts.arrays
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     consts: dict[str, np.ndarray] = {}
-    owned = not isinstance(source, onnx.ModelProto)
+    owned = isinstance(source, (str, os.PathLike))
     for t in g.initializer:
-        consts[t.name] = numpy_helper.to_array(t)
+        consts[t.name] = big[t.name] if t.name in big else numpy_helper.to_array(t)
         if owned:  # read from a file here: drop the proto's copy at once (weights held once)
             for field in ("raw_data", "float_data", "double_data", "int32_data", "int64_data"):
                 t.ClearField(field)
@@ -257,8 +267,8 @@ def read_graph(source) -> Graph:
     nodes = [n for n in nodes if n.output in depth]  # drop dead branches
     in_name = str(x.name)
     if owned:  # the proto (its arena) goes with every reference into it
-        del model, g, consts, values, x, inputs, tt, dims
-        _release_freed_memory()
+        del parts, model, big, g, consts, values, x, inputs, tt, dims
+    _release_freed_memory()  # and the shape pass's widened weight blocks
     return Graph(in_name, input_shape, out_name, nodes, shapes, depth, producer, _last_use(nodes, out_name))
 
 

@@ -14,7 +14,9 @@ import time
 
 import torch
 
-from usnprune.bounds.graph import file_key, read_graph
+from usnprune.bounds.graph import file_key, load_model, read_graph
+from usnprune.bounds.onnx_file import ModelParts
+from usnprune.bounds.onnx_file import session as onnx_session
 from usnprune.bounds.operators import UnsupportedModel
 from usnprune.config import from_dict
 from usnprune.errors import UsnpruneError
@@ -28,16 +30,16 @@ from .options import BuiltinOptions
 CACHE_SIZE = 4  # ONNX files kept; a chunk of instances is ordered by file, so a few suffice
 
 
-def _session(onnx_path):
-    """onnxruntime reading the file itself (no bytes copy in Python), one thread, without
-    pre-packed weight copies."""
+def _session(parts: ModelParts):
+    """onnxruntime on the graph's own weight arrays (``onnx_file.session``), one thread,
+    without pre-packed weight copies."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.disable_prepacking", "1")
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(parts, opts)
 
 
 class BuiltinBackend(Backend):
@@ -64,8 +66,10 @@ class BuiltinBackend(Backend):
         while self._models and (len(self._models) >= CACHE_SIZE or
                                 sum(k[2] for k in self._models) + size > self.options.memory_mb * 2**20):
             self._models.popitem(last=False)
-        graph = read_graph(onnx_path)  # before the session: the file's proto is freed first
-        model = bab.PreparedModel(graph, _session(onnx_path), source=str(onnx_path))
+        parts = load_model(onnx_path)  # large weights read once, shared by graph and session
+        graph = read_graph(parts)
+        model = bab.PreparedModel(graph, _session(parts), source=str(onnx_path))
+        del parts
         self._models[key] = model
         return model
 

@@ -26,7 +26,9 @@ class _ConstantMatrix(AffineRule):
 
     def _set_matrix(self, w: np.ndarray) -> None:
         if w.size > BIG and w.dtype == np.float32:
-            self.W = torch.from_numpy(np.ascontiguousarray(w))  # float32, widened per block
+            # float32, widened per block; the file's array itself (shared with onnxruntime's
+            # session), a transposed view (Gemm transB) included
+            self.W = torch.from_numpy(w)
             self.W_abs = None
             self.cols = max(1, CHUNK // max(1, w.shape[0]))
         else:
