@@ -47,7 +47,7 @@ class ReplayResult:
 def _session_for_file(path: str, mtime_ns: int, size: int):  # keyed on mtime: a rewritten file is re-read
     from usnprune.export.onnx_model import session
 
-    return session(Path(path).read_bytes())
+    return session(path)  # onnxruntime reads the file itself: no bytes copy of a large model
 
 
 def get_session(model: Any):
