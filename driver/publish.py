@@ -105,9 +105,9 @@ def _fmt(values: pd.Series, digits: int = 1) -> str:
 def _grid_words(grid: int, k: int) -> str:
     """How ``Box.grid(grid)`` samples a box of k parameters, in words."""
     if k == 2:
-        return f"a {grid} × {grid} grid of the box"
+        return f"the {grid} × {grid} grid of the box"
     if grid ** k <= GRID_CAP:
-        return f"a {grid}^{k} grid of the box"
+        return f"the {grid}^{k} grid of the box"
     return f"the evaluation points of the box (`Box.grid({grid})`: an m^{k} grid within {GRID_CAP:,} points, and {grid} along each axis)"
 
 
