@@ -68,6 +68,18 @@ class Instance:
                 return f"{p}: no such {kind} file"
         return None
 
+    def query(self) -> tuple[Any, str | None]:
+        """``(property, None)``, or ``(None, message)`` for a missing file or an unreadable query:
+        what every backend that reads the query itself checks first."""
+        if missing := self.missing():
+            return None, missing
+        from usnprune.export.vnnlib import VnnlibError, parse_file
+
+        try:
+            return parse_file(self.vnnlib_path), None
+        except VnnlibError as e:
+            return None, str(e)
+
 
 def instance_key(onnx: str, vnnlib: str) -> str:
     """``onnx,vnnlib`` as in instances.csv: the key of an instance, and of its result rows."""

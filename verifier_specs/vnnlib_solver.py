@@ -41,7 +41,7 @@ from pathlib import Path
 
 from usnprune.config import from_dict, require
 from usnprune.errors import UsnpruneError
-from usnprune.export.vnnlib import Property, VnnlibError, parse_file
+from usnprune.export.vnnlib import Property
 from usnprune.process import Completed, run_limited, tail
 from usnprune.verifier_specs.base import Backend, Instance, Verdict, timed
 
@@ -137,12 +137,9 @@ class VnnlibSolverBackend(Backend):
 
     def verify(self, instance: Instance) -> Verdict:
         done = timed(time.monotonic())
-        if missing := instance.missing():
-            return done("error", missing)
-        try:
-            prop = parse_file(instance.vnnlib_path)
-        except VnnlibError as e:
-            return done("error", str(e))
+        prop, error = instance.query()
+        if error:
+            return done("error", error)
         if prop.version.split(".")[0] != "2":
             return done("error", f"{instance.vnnlib_path}: a VNN-LIB {prop.version} query; the {self.name} backend "
                                  "sends VNN-LIB 2 queries (verify the benchmark's 2.0/ folder)")

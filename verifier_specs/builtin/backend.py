@@ -20,7 +20,6 @@ from usnprune.bounds.onnx_file import session as onnx_session
 from usnprune.bounds.operators import UnsupportedModel
 from usnprune.config import from_dict
 from usnprune.errors import UsnpruneError
-from usnprune.export.vnnlib import VnnlibError, parse_file
 from usnprune.system import thread_share
 from usnprune.verifier_specs.base import Backend, Instance, Verdict, timed
 
@@ -89,12 +88,9 @@ class BuiltinBackend(Backend):
 
     def _verify(self, instance: Instance, t0: float) -> Verdict:
         done = timed(t0)
-        if missing := instance.missing():
-            return done("error", missing)
-        try:
-            prop = parse_file(instance.vnnlib_path)
-        except VnnlibError as e:
-            return done("error", str(e))
+        prop, error = instance.query()
+        if error:
+            return done("error", error)
         try:
             model = self.prepared(instance.onnx_path)
         except UnsupportedModel as e:
