@@ -284,13 +284,18 @@ class Search(Falsifier, Branching):
         root_w = np.where(root_hi > root_lo, root_hi - root_lo, 1.0)
         q = splitting.Queue(len(root_lo), grp.D)
         q.push(q.root(root_lo, root_hi))
+        first = None  # the root's bounds under the chosen settings, when a trial computed them
         if "auto" in (opts.refine, opts.alpha):
-            # decided once per model, box and property rows (a rerun, or the same rows again)
-            key = ("tune", root_lo.tobytes(), root_hi.tobytes(), grp.C.numpy().tobytes(), grp.b.numpy().tobytes())
-            if key not in self.model.calibration:
-                self._tune(grp, q.root(root_lo, root_hi), margin)
-                self.model.calibration[key] = (self.use_refine, self.use_alpha)
-            self.use_refine, self.use_alpha = self.model.calibration[key]
+            # decided once per model, box and property rows C, whatever the thresholds b: the
+            # tolerances of one keypoint share it (the trials cost about as much as a cheap
+            # instance's whole search); a root that closed as it was decides nothing
+            key = ("tune", root_lo.tobytes(), root_hi.tobytes(), grp.C.numpy().tobytes())
+            if key in self.model.calibration:
+                self.use_refine, self.use_alpha = self.model.calibration[key]
+            else:
+                decided, first = self._tune(grp, q.root(root_lo, root_hi), margin)
+                if decided:
+                    self.model.calibration[key] = (self.use_refine, self.use_alpha)
             self.batch = opts.batch or auto_batch(self.graph, opts, self.use_refine)
         unresolved = 0
         seeds, seed_v, attacked = None, None, False
@@ -301,7 +306,7 @@ class Search(Falsifier, Branching):
                 raise _TooManyBoxes()
             batch = q.pop(self.batch)
             b_open = torch.as_tensor(batch["open"])
-            res = self._bound(grp, batch, b_open)
+            res, first = (first, None) if first is not None else (self._bound(grp, batch, b_open), None)
             gap = res.lb - grp.b - margin  # > 0: the row is infeasible on the domain
             score = grp.per_disjunct_max(gap)  # [B, D] > 0: the disjunct is excluded
             # "closed" must be proven: written as ~(score > 0) so that a NaN bound keeps it open
@@ -354,24 +359,27 @@ class Search(Falsifier, Branching):
     def _bytes_per_domain(self, res: _Bounds, B: int) -> int:
         return 0  # the queue holds no per-domain tensors of the bound engine
 
-    def _tune(self, grp: _Group, root: dict, margin: torch.Tensor) -> None:
+    def _tune(self, grp: _Group, root: dict, margin: torch.Tensor) -> tuple[bool, _Bounds]:
         """Refinement where it pays: bound the root plainly, then with CROWN intermediate
         bounds and with alpha-CROWN, and keep each where ``(gap ratio)^n`` -- roughly how
         much fewer sub-domains a gap that much smaller needs in ``n`` dimensions -- beats
         twice its extra cost per domain, and that cost is at most ``tune_max_cost`` times
-        the plain bound's (``auto``; ``always``/``never`` skip the test)."""
+        the plain bound's (``auto``; ``always``/``never`` skip the test). Returns whether a
+        choice was made (not when the plain root closes) and the root's bounds under the
+        settings chosen, which the search starts from instead of bounding the root again."""
         opts = self.opts
         open_ = torch.ones((1, grp.D), dtype=torch.bool)
+        done = {}
 
         def trial(**kw):
             t = time.process_time()
-            res = self._bound(grp, root, open_, **kw)
+            res = done[kw["refine"], kw["alpha"]] = self._bound(grp, root, open_, **kw)
             worst = float(grp.per_disjunct_max(res.lb - grp.b - margin).min())
             return worst, max(time.process_time() - t, 1e-6)
 
         g0, t0 = trial(refine=self.use_refine, alpha=False)
         if g0 > 0:
-            return  # the root closes as it is
+            return False, done[self.use_refine, False]  # the root closes as it is
         n = min(len(grp.lo), 4)
 
         def pays(g1, t1):
@@ -389,6 +397,7 @@ class Search(Falsifier, Branching):
             # (autograd through a model with float32-held weights would keep widened copies)
             g1, t1 = trial(refine=self.use_refine, alpha=True)
             self.use_alpha = pays(g1, t1)
+        return True, done.get((self.use_refine, self.use_alpha))
 
     def refinable(self) -> bool:
         """Some ReLU layer beyond the first has at most ``refine_neurons`` neurons."""
