@@ -214,3 +214,26 @@ def test_relu_splits_on_a_saturated_image_are_sound(tmp_path, attack_points, mon
                 assert replay(op, prop, v.counterexample).ok
     assert seen.get("certified") and seen.get("falsified"), seen
     assert 1 in kinds, "no ReLU split happened"
+
+
+def test_refinement_choice_is_shared_by_the_thresholds_of_one_row(tmp_path, monkeypatch):
+    """The refine/alpha trials run once per model, box and rows: a second threshold of the
+    same row reuses the choice; a root that closes as it is decides nothing (not cached).
+    Every answer is still the known one."""
+    from usnprune.verifier_specs.builtin import bab
+
+    calls = []
+    real = bab.Search._tune
+    monkeypatch.setattr(bab.Search, "_tune", lambda self, *a: calls.append(self.prop) or real(self, *a))
+    k = 4
+    w = synthetic_nets.make(k, 0)
+    lo, hi = -np.ones(k), np.ones(k)
+    fmin, fmax, _, _ = synthetic_nets.extremes(w, lo, hi)
+    onnx.save(synthetic_nets.onnx_model(w), tmp_path / "net.onnx")
+    backend = load_backend("builtin")
+    span = fmax - fmin
+    for i, thr in enumerate([fmax + 100 * span, fmax + 0.05 * span, fmax + 0.1 * span]):
+        (tmp_path / f"p{i}.vnnlib").write_text(synthetic_nets.vnnlib(lo, hi, ">=", thr, "above the maximum"))
+        v = backend.verify(Instance(tmp_path, "net.onnx", f"p{i}.vnnlib", 60.0))
+        assert v.status == "certified", (thr, v.message)
+        assert len(calls) == min(i + 1, 2), i  # p0's root closed: p1 tunes; p2 reuses p1's choice
