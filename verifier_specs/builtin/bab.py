@@ -396,6 +396,10 @@ class Search(Falsifier, Branching):
         if opts.alpha == "auto" and not big and t0 <= opts.alpha_trial_max_s:
             # (autograd through a model with float32-held weights would keep widened copies)
             g1, t1 = trial(refine=self.use_refine, alpha=True)
+            if self._alpha_layout(grp.R)[1] and opts.alpha_iterations:
+                # the trial ran alpha_iterations steps; a child runs alpha_child_iterations
+                # from its parent's slopes: its extra cost over the plain bound is that share
+                t1 = t0 + (t1 - t0) * min(1.0, opts.alpha_child_iterations / opts.alpha_iterations)
             self.use_alpha = pays(g1, t1)
         return True, done.get((self.use_refine, self.use_alpha))
 
