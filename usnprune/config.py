@@ -121,6 +121,11 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         )
     kwargs = {}
     for name, value in data.items():
+        f = fields[name]
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
+            # a partial nested section updates this field's own default (e.g. prune's optim:
+            # constant, no warm-up), not the nested class's defaults: one default per setting
+            value = _merged(_init_values(f.default_factory()), value)
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
     missing = [
         n for n, f in fields.items()
@@ -133,6 +138,19 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     if callable(check):
         check(where)
     return obj
+
+
+def _init_values(obj: Any) -> dict:
+    """A dataclass's settable fields as a plain dict (nested dataclasses too)."""
+    return {f.name: _init_values(v) if dataclasses.is_dataclass(v := getattr(obj, f.name)) else v
+            for f in dataclasses.fields(obj) if f.init}
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -39,3 +39,21 @@ def test_yaml_errors_are_one_line(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_yaml(tmp_path / "list.yaml")
+
+
+def test_a_partial_nested_section_keeps_its_fields_own_defaults():
+    """prune's optim defaults to constant, no warm-up, lr 1e-3 (not OptimConfig's cosine):
+    ``optim: {lr: ...}`` changes the rate only; the same for train's augmentation box."""
+    from usnprune.pruner.prune import PruneConfig
+
+    req = {"checkpoint": "m.pt", "data": "d", "out": "o"}
+    base = from_dict(PruneConfig, req).optim
+    got = from_dict(PruneConfig, {**req, "optim": {"lr": 5e-4}}).optim
+    assert got.lr == 5e-4 and dataclasses.replace(got, lr=base.lr) == base
+    assert base.schedule == "constant" and base.warmup_epochs == 0  # what the test is about
+    treq = {"data": "d", "out": "o"}
+    box = from_dict(TrainConfig, treq).augment.perturbation  # Box(0.2, 0.2), not Box()'s 0.1
+    cfg = from_dict(TrainConfig, {**treq, "augment": {"perturbation": {"eps_c": 0.3}}})
+    assert cfg.augment.perturbation.eps_c == 0.3 and cfg.augment.perturbation.eps_b == box.eps_b
+    with pytest.raises(ConfigError, match=r"prune\.optim: unknown key nosuch"):
+        from_dict(PruneConfig, {**req, "optim": {"nosuch": 1}}, "prune")
