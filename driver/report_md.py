@@ -13,11 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usnprune.verifier_specs.trust import BUDGET, REFINE_POINTS, REFINE_ROUNDS
+
 from .tables import label_of, run_title
 
 REFERENCE_TEXT = {"gt": "the ground truth (certified accuracy)",
                   "prediction": "the network's clean prediction (certified stability)"}
-SAMPLING = "a 21 × 21 grid of the box plus 64 random points, run through onnxruntime"
+# the trust layer's sample (verifier_specs/trust.py), whatever the box's dimension k
+SAMPLING = (f"the {BUDGET} points sampled per box (a grid when one of at least 3 points per axis fits in half "
+            f"of them, 21 × 21 for two parameters, else the corners and the centre; the rest uniform) plus "
+            f"{REFINE_ROUNDS} × {REFINE_POINTS} around the closest call of each property, run through onnxruntime")
 
 
 def _num(v: float) -> str:
@@ -46,7 +51,7 @@ def settings_sentence(s: dict) -> str:
     refs = " and ".join(REFERENCE_TEXT.get(r, r) for r in s["references"]) or "unknown (no manifest.csv)"
     timeout = f"timeout {meta['timeout']:g} s per instance" if "timeout" in meta else "the benchmark's timeouts"
     return (f"Task: {task}; tolerance δ = {deltas} px (L∞); box: {box_text(meta)}; reference: {refs}; "
-            f"backend {', '.join(s['backends'])}; {timeout}; {s['images_per_network']} images per network.")
+            f"backend {', '.join(s['backends'])}; {timeout}; {s['images_per_network']} image{'' if s['images_per_network'] == 1 else 's'} per network.")
 
 
 def _pct(mean: float, std: float) -> str:
