@@ -50,8 +50,9 @@ def settings_sentence(s: dict) -> str:
     deltas = ", ".join(f"{d:g}" for d in s["deltas"])
     refs = " and ".join(REFERENCE_TEXT.get(r, r) for r in s["references"]) or "unknown (no manifest.csv)"
     timeout = f"timeout {meta['timeout']:g} s per instance" if "timeout" in meta else "the benchmark's timeouts"
+    n = s["images_per_network"]
     return (f"Task: {task}; tolerance δ = {deltas} px (L∞); box: {box_text(meta)}; reference: {refs}; "
-            f"backend {', '.join(s['backends'])}; {timeout}; {s['images_per_network']} image{'' if s['images_per_network'] == 1 else 's'} per network.")
+            f"backend {', '.join(s['backends'])}; {timeout}; {n} image{'' if n == 1 else 's'} per network.")
 
 
 def _pct(mean: float, std: float) -> str:

@@ -121,11 +121,11 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        f = fields[name]
-        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[name]) and factory is not dataclasses.MISSING:
             # a partial nested section updates this field's own default (e.g. prune's optim:
             # constant, no warm-up), not the nested class's defaults: one default per setting
-            value = _merged(_init_values(f.default_factory()), value)
+            value = _merged(_init_values(factory()), value)
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
     missing = [
         n for n, f in fields.items()
