@@ -306,7 +306,10 @@ class Search(Falsifier, Branching):
                 raise _TooManyBoxes()
             batch = q.pop(self.batch)
             b_open = torch.as_tensor(batch["open"])
-            res, first = (first, None) if first is not None else (self._bound(grp, batch, b_open), None)
+            if first is not None:  # the root, bounded by the tuning trial already
+                res, first = first, None
+            else:
+                res = self._bound(grp, batch, b_open)
             gap = res.lb - grp.b - margin  # > 0: the row is infeasible on the domain
             score = grp.per_disjunct_max(gap)  # [B, D] > 0: the disjunct is excluded
             # "closed" must be proven: written as ~(score > 0) so that a NaN bound keeps it open
